@@ -1,0 +1,1 @@
+"""Ultralytics callbacks the slim trainer registers: per concern a module of plain event functions."""
