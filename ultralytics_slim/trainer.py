@@ -2,7 +2,7 @@
 
 The mixin adds no training loop of its own. It takes `slim` out of the overrides and validates it before
 `BaseTrainer.__init__` creates the run directory, keeps pruned models from being rebuilt from their yaml, hooks the
-point between AMP unscaling and the optimizer step (the stock loop fires no event there), and rebuilds optimizer,
+point between AMP unscaling/clipping and the optimizer step (the stock loop fires no event there), and rebuilds optimizer,
 scheduler, EMA and the DDP wrapper after a technique changes the model's structure.
 """
 
@@ -13,6 +13,7 @@ from copy import deepcopy
 from typing import Any
 
 import torch
+import ultralytics.utils
 from torch import nn
 
 from ultralytics.cfg import cfg2dict, get_cfg, get_save_dir
@@ -32,6 +33,9 @@ from ultralytics_slim.recipe import load_recipe
 from ultralytics_slim.schedule import build_schedule
 
 PREFIX = colorstr("Slim: ")
+# Validators re-check the trainer's args against Ultralytics' defaults: `slim` must be known there even when the
+# start-up hook did not run (e.g. the plugin is on the path but not installed).
+_patch.apply("ultralytics.utils", ultralytics.utils)
 
 
 def _resolve(slim: Any, epochs: int) -> dict[str, Any]:
@@ -98,13 +102,15 @@ class SlimTrainerMixin:
             if self._new_dir:
                 shutil.rmtree(self.save_dir, ignore_errors=True)  # leave no half-made run behind
             raise
-        unscale = self.scaler.unscale_
+        step = self.scaler.step
 
-        def unscale_then_regularize(optimizer: torch.optim.Optimizer) -> None:
-            unscale(optimizer)
+        def regularize_then_step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
             self.slim.on_grads_unscaled(self)
+            return step(optimizer, *args, **kwargs)
 
-        self.scaler.unscale_ = unscale_then_regularize  # runs in stock optimizer_step, before clipping and step
+        # Stock optimizer_step: unscale -> clip -> scaler.step. Regularizing here keeps AMP on and the clip (meant for
+        # the task loss) from shrinking the sparsity term.
+        self.scaler.step = regularize_then_step
 
     def on_structure_changed(self) -> None:
         """Rebuild what holds the old tensors: optimizer, LR scheduler, EMA, DDP wrapper, best-fitness tracking."""

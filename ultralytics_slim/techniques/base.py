@@ -52,7 +52,7 @@ class Technique:
         return False
 
     def on_grads_unscaled(self, trainer: Any) -> None:
-        """Modify gradients after AMP unscaling and before clipping and the optimizer step."""
+        """Modify gradients after AMP unscaling and clipping, right before the optimizer step."""
 
     def metrics(self, trainer: Any) -> dict[str, float]:
         return {}

@@ -1,7 +1,7 @@
 """Sparsity regularization: network slimming (L1 on BN scales) or group lasso on coupled channel groups.
 
-The term is added to the gradients after AMP has unscaled them and before clipping and the optimizer step, so AMP
-stays on and the strength means the same with and without it.
+The term is added to the gradients after AMP has unscaled them (and the loss gradients were clipped), right before
+the optimizer step, so AMP stays on and the strength means the same with and without it.
 """
 
 from __future__ import annotations
