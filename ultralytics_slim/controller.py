@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
+import torch
+from ultralytics import __version__
+from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import get_flops, get_num_params, unwrap_model
 
-from ultralytics_slim import monitor
+from ultralytics_slim import monitor, report
 from ultralytics_slim.recipe import Recipe, load_recipe
 from ultralytics_slim.schedule import ORDER, Schedule, build_schedule
 from ultralytics_slim.techniques import TECHNIQUES, Technique, load_all
@@ -22,8 +26,10 @@ class SlimController:
         self.techniques: list[Technique] = [
             TECHNIQUES[name](getattr(recipe, name), schedule) for name in ORDER if getattr(recipe, name) is not None
         ]
+        state = state or {}
         for t in self.techniques:
-            t.load_state((state or {}).get(t.name, {}))
+            t.load_state(state.get(t.name, {}))
+        self.gamma_hist: list[list[int]] = list(state.get("gamma_hist", []))  # per epoch, for the report
         self.last_metrics: dict[str, float] = {}
 
     @classmethod
@@ -45,9 +51,12 @@ class SlimController:
         return next((t for t in self.techniques if t.name == name), None)
 
     def setup(self, trainer: Any) -> None:
-        """Check every technique against the real model, then attach them."""
+        """Check every technique against the real model, keep the starting model for the report, attach them."""
         for t in self.techniques:
             t.check(trainer)
+        if not trainer.resume and RANK in {-1, 0}:
+            start = deepcopy(unwrap_model(trainer.model)).half()
+            torch.save({"model": start, "train_args": vars(trainer.args), "version": __version__}, trainer.wdir / "start.pt")
         for t in self.techniques:
             t.setup(trainer)
 
@@ -71,6 +80,7 @@ class SlimController:
             "slim/GFLOPs": float(get_flops(model)),  # at 640 px, as `yolo` prints it
             **monitor.gamma_stats(model),
         }
+        self.gamma_hist.append(report.gamma_histogram(model))
         for t in self.techniques:
             metrics.update(t.metrics(trainer))
         self.last_metrics = metrics
@@ -78,4 +88,4 @@ class SlimController:
 
     def state(self) -> dict[str, Any]:
         """Plain-data state of every technique, stored in `args.slim['state']`."""
-        return {t.name: t.state() for t in self.techniques}
+        return {**{t.name: t.state() for t in self.techniques}, "gamma_hist": self.gamma_hist}

@@ -102,6 +102,14 @@ class QuantizeConfig(_Section):
     calib_batches: int = Field(16, ge=1, description="training batches used to calibrate ranges")
 
 
+class ReportConfig(BaseModel):
+    """What the end-of-run report measures."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    latency_runs: int = Field(0, ge=0, description="timed CPU forward passes per model; 0 leaves latency out")
+
+
 class Recipe(BaseModel):
     """A whole recipe; every section is optional."""
 
@@ -111,6 +119,7 @@ class Recipe(BaseModel):
     prune: PruneConfig | None = None
     distill: DistillConfig | None = None
     quantize: QuantizeConfig | None = None
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Recipe:

@@ -23,7 +23,7 @@ from ultralytics.models.yolo.obb import OBBTrainer
 from ultralytics.models.yolo.pose import PoseTrainer
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
-from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, unwrap_model
+from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, strip_qat, unwrap_model
 
 from ultralytics_slim import _patch
 from ultralytics_slim.callbacks import events, tensorboard
@@ -85,6 +85,7 @@ class SlimTrainerMixin:
                 f"nc={nc}; a pruned model keeps its head, so train it on data with the same classes"
             )
         model = deepcopy(weights).float()
+        strip_qat(model)  # a QAT checkpoint comes back quantized; stock `_setup_train` re-applies QAT on resume
         for p in model.parameters():
             p.requires_grad_(True)
         if verbose and RANK in {-1, 0}:

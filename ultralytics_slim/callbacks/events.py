@@ -11,4 +11,19 @@ def on_train_epoch_start(trainer: Any) -> None:
         trainer.on_structure_changed()
 
 
-callbacks = {"on_train_epoch_start": on_train_epoch_start}
+def on_train_end(trainer: Any) -> None:
+    """Write the before/after report into the run directory (rank 0; Ultralytics runs this event there only)."""
+    from ultralytics_slim.report import build_report
+
+    build_report(
+        trainer.save_dir,
+        trainer.args.data,
+        trainer.args.imgsz,
+        trainer.slim.state(),
+        final_metrics=trainer.metrics,
+        latency_runs=trainer.slim.recipe.report.latency_runs,
+        device=trainer.args.device,
+    )
+
+
+callbacks = {"on_train_epoch_start": on_train_epoch_start, "on_train_end": on_train_end}

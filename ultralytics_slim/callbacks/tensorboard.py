@@ -12,7 +12,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ultralytics_slim import monitor
+from ultralytics_slim import monitor, pruning
 
 PREFIX = colorstr("Slim TensorBoard: ")
 
@@ -32,7 +32,7 @@ def _writer(trainer: Any):
 
 
 def on_fit_epoch_end(trainer: Any) -> None:
-    """Scalars recorded by the controller for this epoch, and per-layer |gamma| histograms."""
+    """Scalars recorded by the controller for this epoch, channels per layer, and per-layer |gamma| histograms."""
     if not trainer.slim.last_metrics:
         return
     writer = _writer(trainer)
@@ -42,6 +42,9 @@ def on_fit_epoch_end(trainer: Any) -> None:
     for k, v in scalars.items():
         writer.add_scalar(k, v, trainer.epoch + 1)
     model = unwrap_model(trainer.ema.ema if trainer.ema else trainer.model)
+    if trainer.slim.technique("prune"):
+        for name, channels in pruning.channel_counts(model).items():
+            writer.add_scalar(f"slim/channels/{name}", channels, trainer.epoch + 1)
     for name, gamma in monitor.batchnorm_gammas(model).items():
         writer.add_histogram(f"slim/gamma/{name}", gamma, trainer.epoch + 1)
     writer.flush()

@@ -1,0 +1,96 @@
+"""Distillation with the unpruned model as teacher, resume during distillation, and the end-of-run report."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils.torch_utils import get_num_params
+
+from conftest import train_args
+from test_plugin import events, run_yolo
+from test_prune_train import pickled_modules
+from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.techniques.distill import head_distill_loss
+
+CHAIN = {
+    "sparsity": {"start": 0, "end": 1},
+    "distill": {"teacher": "self", "start": 1, "end": 3},
+    "prune": {"target": {"macs": 0.5}, "steps": 1, "start": 1, "end": 2},
+    "report": {"latency_runs": 3},
+}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_prune_with_self_teacher_resume_and_report(tmp_path, detect_data):
+    def stop(trainer):
+        if trainer.epoch == 2:
+            raise Interrupt
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", stop)
+    with pytest.raises(Interrupt):
+        model.train(**train_args(tmp_path, data=detect_data, epochs=3), slim=CHAIN)
+    run = tmp_path / "run"
+    teacher = load_checkpoint(run / "weights" / "teacher.pt")[0]
+    assert get_num_params(teacher) == get_num_params(load_checkpoint(run / "weights" / "start.pt")[0])  # unpruned
+
+    r = run_yolo("train", "resume", f"model={run / 'weights' / 'last.pt'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    with open(run / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    distill = [float(row["train/distill"]) for row in rows]
+    assert len(rows) == 3 and distill[0] == 0 and all(d > 0 for d in distill[1:])
+    scalars, _ = events(run)
+    assert "train/distill" in scalars
+
+    best = run / "weights" / "best.pt"
+    assert best.stat().st_size < 0.6 * (run / "weights" / "start.pt").stat().st_size  # pruned, and no teacher inside
+    assert "ultralytics_slim" not in pickled_modules(best)
+
+    with open(run / "report.csv") as f:
+        start, final = list(csv.DictReader(f))
+    assert float(final["params"]) < 0.6 * float(start["params"])
+    assert float(final["GFLOPs"]) < 0.6 * float(start["GFLOPs"])
+    assert float(final["latency_ms"]) > 0
+    report = (run / "report.md").read_text()
+    assert "x smaller" in report and "start" in report and "final" in report
+    for png in ("report_channels.png", "report_gamma.png", "report_curves.png"):
+        assert (run / png).stat().st_size > 1000
+
+
+def test_teacher_with_other_classes_is_rejected_without_leaving_a_run(tmp_path, detect_data):
+    teacher = DetectionModel("yolov8n.yaml", nc=5, verbose=False)
+    teacher.names = {i: f"c{i}" for i in range(5)}
+    torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "teacher.pt")
+    with pytest.raises(SlimConfigError, match=r"distill\.teacher=.*has classes"):
+        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "teacher.pt"), "start": 0}})
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_teacher_is_rejected_before_anything_is_written(tmp_path, detect_data):
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SlimConfigError, match="not a readable Ultralytics checkpoint"):
+        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "broken.pt"), "start": 0}})
+    assert not (tmp_path / "run").exists()
+
+
+def tree(preds: dict, fn) -> dict:
+    """Apply fn(key, value) to every leaf of a (nested) head-output dict."""
+    return {k: tree(v, fn) if isinstance(v, dict) else fn(k, v) for k, v in preds.items()}
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_head_loss_pulls_student_towards_teacher(cfg):
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, nc=3, verbose=False).train()
+    teacher = tree(model(torch.rand(2, 3, 64, 64)), lambda k, v: v.detach() if isinstance(v, torch.Tensor) else v)
+    noisy = tree(teacher, lambda k, v: v + torch.randn_like(v) if k in {"scores", "boxes"} else v)
+    assert head_distill_loss(noisy, teacher) > head_distill_loss(teacher, teacher) + 0.1

@@ -1,0 +1,184 @@
+"""Pruning inside real `yolo train` runs: every family and task, stock loading, fine-tuning, resume, DDP decisions."""
+
+from __future__ import annotations
+
+import pickletools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils.torch_utils import get_num_params
+
+from conftest import cli, train_args
+from test_plugin import run_yolo
+from ultralytics_slim import pruning
+from ultralytics_slim.data import make_dataset
+from ultralytics_slim.errors import SlimConfigError
+
+# One pruning step at the start of epoch 1 of 2, straight to half the MACs.
+ONE_STEP = {"prune": {"target": {"macs": 0.5}, "steps": 1, "start": 1, "end": 2}}
+MODEL_FOR_TASK = {"segment": "yolo11n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolo26n-obb.yaml", "classify": "yolo11n-cls.yaml"}
+BLOCK_PLUGIN = """
+import sys
+class Block:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.startswith("ultralytics_slim"):
+            raise ImportError("ultralytics-slim is not installed here")
+sys.meta_path[:] = [Block] + [f for f in sys.meta_path if getattr(f, "__name__", "") != "_Finder"]
+for m in [m for m in sys.modules if m.startswith("ultralytics_slim")]:
+    del sys.modules[m]
+"""
+
+
+def macs_ratio(before: torch.nn.Module, after: torch.nn.Module) -> float:
+    return pruning.count_macs_params(after)[0] / pruning.count_macs_params(before)[0]
+
+
+def pickled_modules(path: Path) -> set[str]:
+    """Top-level packages of every class a checkpoint's pickle refers to."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    mods, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE"}:
+            strings.append(arg)
+        elif op.name == "STACK_GLOBAL":
+            mods.add(strings[-2].split(".")[0])
+        elif op.name == "GLOBAL":
+            mods.add(arg.split(" ")[0].split(".")[0])
+    return mods
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_families_prune_to_target_and_load_without_plugin(tmp_path, detect_data, cfg):
+    YOLO(cfg).train(**train_args(tmp_path, data=detect_data), slim=ONE_STEP)
+    best = tmp_path / "run" / "weights" / "best.pt"
+    pruned = load_checkpoint(best)[0]
+    assert 0.49 <= macs_ratio(type(pruned)(cfg, nc=pruned.nc, verbose=False), pruned) <= 0.51  # within 2% of 0.5
+    assert get_num_params(pruned) == get_num_params(load_checkpoint(tmp_path / "run" / "weights" / "last.pt")[0])  # best.pt: final shape
+    assert pickled_modules(best) <= {"torch", "ultralytics", "collections", "builtins", "__builtin__", "numpy", "_codecs", "pathlib"}
+
+    code = BLOCK_PLUGIN + f"""
+import numpy as np, onnxruntime
+from ultralytics import YOLO
+m = YOLO({str(best)!r})
+m.val(data={detect_data!r}, imgsz=64, batch=8, plots=False, device="cpu")
+m.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)
+onnx = m.export(format="onnx", imgsz=64, simplify=False)
+out = onnxruntime.InferenceSession(onnx).run(None, {{"images": np.zeros((1, 3, 64, 64), np.float32)}})
+assert "ultralytics_slim" not in sys.modules
+print("params", sum(p.numel() for p in m.model.parameters()), "out", out[0].shape)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"params {get_num_params(pruned)}" in r.stdout
+
+
+@pytest.mark.parametrize("task", list(MODEL_FOR_TASK))
+def test_every_task_prunes(tmp_path, data_root, task):
+    data = make_dataset(data_root / task, task, n_train=16, n_val=8, imgsz=64)
+    model = YOLO(MODEL_FOR_TASK[task])
+    before = get_num_params(model.model)
+    model.train(**train_args(tmp_path, data=str(data), imgsz=64 if task != "classify" else 32), slim=ONE_STEP)
+    pruned = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")[0]
+    assert pruned.task == task
+    assert get_num_params(pruned) < 0.8 * before
+    assert (tmp_path / "run" / "results.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+def test_cli_finetune_keeps_pruned_architecture(tmp_path, detect_data):
+    YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data, name="pruned"), slim=ONE_STEP)
+    best = tmp_path / "pruned" / "weights" / "best.pt"
+    params = get_num_params(load_checkpoint(best)[0])
+    r = run_yolo("train", *cli(train_args(tmp_path, data=detect_data, model=best, name="ft", epochs=1)), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert get_num_params(load_checkpoint(tmp_path / "ft" / "weights" / "best.pt")[0]) == params
+
+
+def test_unreachable_target_is_reported_before_training(tmp_path, detect_data):
+    recipe = {"prune": {"target": {"macs": 0.01}, "start": 0, "end": 1, "min_channels": 16}}
+    with pytest.raises(SlimConfigError, match=r"unreachable.*smallest reachable ratio is 0\.\d+"):
+        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim=recipe)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data):
+    recipe = {"prune": {"target": {"macs": 0.5}, "steps": 2, "start": 1, "end": 3}}
+    args = train_args(tmp_path, data=detect_data, epochs=4, deterministic=True, seed=0)
+
+    YOLO("yolov8n.yaml").train(**{**args, "name": "full"}, slim=recipe)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(trainer):
+        if trainer.epoch == 2:  # after epoch 1, i.e. after the first pruning step and its fine-tune epoch
+            raise Interrupt
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", stop)
+    with pytest.raises(Interrupt):
+        model.train(**{**args, "name": "cut"}, slim=recipe)
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    after_step1 = get_num_params(load_checkpoint(last)[0])
+    assert torch.load(last, weights_only=False)["train_args"]["slim"]["state"]["prune"]["done"] == 1
+
+    r = run_yolo("train", "resume", f"model={last}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = torch.load(last, weights_only=False)
+    full = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=False)
+    assert resumed["train_args"]["slim"]["state"]["prune"]["done"] == 2
+    assert full["train_args"]["slim"]["state"]["prune"]["done"] == 2
+    p_resumed, p_full = get_num_params(resumed["ema"]), get_num_params(full["ema"])
+    assert p_resumed < after_step1
+    assert abs(p_resumed - p_full) / p_full < 0.05
+    base = resumed["train_args"]["slim"]["state"]["prune"]["base"]
+    for ckpt in (resumed, full):
+        assert abs(pruning.count_macs_params(ckpt["ema"].float())[0] / base - 0.5) < 0.01
+
+
+DDP_WORKER = """
+import sys, torch, torch.distributed as dist
+from ultralytics.nn.tasks import DetectionModel
+from ultralytics_slim import pruning
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
+torch.manual_seed(0)
+model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+for p in model.parameters():  # the same (trained-looking) weights on both ranks, as DDP keeps them
+    p.data.add_(torch.randn_like(p) * 0.1)
+macs, _ = pruning.count_macs_params(model)
+pruning.prune_to(model, "macs", 0.5 * macs, importance=sys.argv[3], seed=0)
+shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
+gathered = [None, None]
+dist.all_gather_object(gathered, shapes)
+assert gathered[0] == gathered[1], "ranks took different pruning decisions"
+print("rank", rank, "params", sum(p.numel() for p in model.parameters()))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("importance", ["bn_scale", "random"])
+def test_two_ranks_take_the_same_pruning_decision(tmp_path, importance):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(r), port, importance], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert outs[0][0].split()[-1] == outs[1][0].split()[-1]

@@ -1,0 +1,286 @@
+"""Structured channel pruning on real (tiny, randomly initialised) YOLO models at imgsz 64.
+
+The detect tests first kill 3 of every 4 channels of each coupled group (through `channel_groups`, as sparsity training
+would) and the last head of every attention layer; pruning to half the MACs then removes only dead channels, so the
+pruned model must reproduce the unpruned outputs exactly. That checks the index mapping of every coupled group (C2f /
+C3k2 halves, SPPF, residuals, attention heads, the detection heads) as well as `channel_groups` itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from ultralytics.nn.modules import C2PSA, Attention, C2f, Detect
+from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
+
+from ultralytics_slim import pruning
+from ultralytics_slim.errors import SlimConfigError
+
+IMGSZ = 64
+_CACHE: dict[str, tuple[nn.Module, nn.Module, pruning.PruneResult]] = {}
+
+
+def build(cfg: str) -> nn.Module:
+    """A model from its yaml with spread-out BN scales, as a trained model has (fresh ones are all 1.0)."""
+    torch.manual_seed(0)
+    if "-seg" in cfg:
+        model = SegmentationModel(cfg, nc=3, verbose=False)
+    elif "-pose" in cfg:
+        model = PoseModel(cfg, nc=1, data_kpt_shape=(4, 3), verbose=False)
+    elif "-obb" in cfg:
+        model = OBBModel(cfg, nc=3, verbose=False)
+    elif "-cls" in cfg:
+        model = ClassificationModel(cfg, nc=3, verbose=False)
+    else:
+        model = DetectionModel(cfg, nc=3, verbose=False)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.05, 1.0)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model
+
+
+@torch.no_grad()
+def kill_channels(model: nn.Module) -> None:
+    """Zero 3 of every 4 channels of each prunable group and the last head of every attention layer."""
+    for group in pruning.channel_groups(model):
+        dead = torch.arange(len(group[0][2])) % 4 != 0
+        for p, dim, idx in group:
+            p.index_fill_(dim, idx[dead.to(idx.device)], 0.0)
+    for a in model.modules():
+        if isinstance(a, Attention) and a.num_heads > 1:
+            per, h = 2 * a.key_dim + a.head_dim, a.num_heads - 1
+            for t in (a.qkv.conv.weight, a.qkv.bn.weight, a.qkv.bn.bias):
+                t[h * per : (h + 1) * per] = 0
+            for t in (a.pe.bn.weight, a.pe.bn.bias):
+                t[h * a.head_dim : (h + 1) * a.head_dim] = 0
+
+
+def tensors(out, skip: str = "feats") -> list[torch.Tensor]:
+    """Every tensor of a (nested) model output except the head inputs, whose widths pruning changes."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k, v in out.items() if k != skip for t in tensors(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in tensors(v)]
+    return []
+
+
+def train_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Raw head outputs in train mode, on a copy so that BN running statistics stay as they are."""
+    with torch.no_grad():
+        return tensors(copy.deepcopy(model).train()(x))
+
+
+def assert_stock_and_consistent(model: nn.Module) -> None:
+    """Only Ultralytics/torch classes are left, with attributes that match the weights."""
+    for name, m in model.named_modules():
+        assert type(m).__module__.startswith(("ultralytics.nn", "torch.nn")), f"{name}: {type(m)}"
+        assert all(type(p) is nn.Parameter for p in m.parameters(recurse=False)), name
+        if isinstance(m, (C2f, C2PSA)):  # the split needs equal halves (inner block widths are free)
+            assert m.cv1.conv.out_channels == 2 * m.c == m.cv1.bn.num_features, name
+        if isinstance(m, C2PSA):
+            assert m.cv2.conv.in_channels == 2 * m.c, name
+        if isinstance(m, Attention):
+            c = m.num_heads * m.head_dim
+            assert m.qkv.conv.out_channels == m.num_heads * (2 * m.key_dim + m.head_dim), name
+            assert m.qkv.conv.in_channels == c == m.proj.conv.in_channels == m.pe.conv.out_channels == m.pe.conv.groups
+
+
+def pruned_detect(cfg: str) -> tuple[nn.Module, nn.Module, pruning.PruneResult]:
+    """(unpruned copy, model pruned to half the MACs, result), computed once per session."""
+    if cfg not in _CACHE:
+        model = build(cfg)
+        kill_channels(model)
+        before = copy.deepcopy(model)
+        macs, _ = pruning.count_macs_params(model)
+        model.train()
+        result = pruning.prune_to(model, "macs", 0.5 * macs)
+        _CACHE[cfg] = before, model, result
+    return _CACHE[cfg]
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_detect_half_macs_exact(cfg: str) -> None:
+    before, model, r = pruned_detect(cfg)
+    print(f"\n{cfg}: prune_to 50% MACs took {r.seconds:.2f}s, params {r.params_after / r.params_before:.3f}")
+    target = 0.5 * r.macs_before
+    assert r.macs_after <= target and r.macs_after >= 0.98 * target
+    assert r.params_after < r.params_before
+    assert (r.macs_after, r.params_after) == pruning.count_macs_params(model, IMGSZ)
+    assert model.training and all(m.training for m in model.modules())
+    assert_stock_and_consistent(model)
+    assert any(r.channels_after[n] < c for n, c in r.channels_before.items())
+    assert_same_outputs(before, model)
+    if cfg == "yolo26n.yaml":  # a second step down to the floors reaches the attention heads too
+        macs = r.macs_after
+        target = 1.005 * pruning.min_keep_ratio(model, "macs") * macs
+        r = pruning.prune_to(model, "macs", target)
+        assert r.macs_after <= target
+        assert_stock_and_consistent(model)
+        pairs = zip(before.modules(), model.modules())
+        heads = [(a.num_heads, b.num_heads) for a, b in pairs if isinstance(a, Attention)]
+        assert heads and all(after == 1 < start for start, after in heads)
+        x = torch.rand(2, 3, IMGSZ, IMGSZ)
+        assert [t.shape for t in train_outputs(model, x)] == [t.shape for t in train_outputs(before, x)]
+        with torch.no_grad():
+            model.eval()(x)
+
+
+def assert_same_outputs(before: nn.Module, model: nn.Module) -> None:
+    """Pruning only dead channels leaves every head output unchanged, in train and in eval mode."""
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    for a, b in zip(train_outputs(before, x), train_outputs(model, x), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    mode = model.training
+    with torch.no_grad():  # raw predictions (decoded/top-k outputs may reorder near-ties)
+        for a, b in zip(tensors(before.eval()(x)[1]), tensors(model.eval()(x)[1]), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    model.train(mode)
+
+
+@pytest.mark.parametrize(
+    "cfg, kind, ratio, importance, ignore, kept",
+    [
+        ("yolo11n-seg.yaml", "macs", 0.5, "bn_scale", ["SPPF"], "model.9."),
+        ("yolo26n-pose.yaml", "macs", 0.5, "l2", [], None),
+        ("yolov8n-obb.yaml", "params", 0.6, "l1", [], None),
+        ("yolo11n-cls.yaml", "macs", 0.5, "random", ["model.2"], "model.2."),
+    ],
+)
+def test_tasks(cfg: str, kind: str, ratio: float, importance: str, ignore: list[str], kept: str | None) -> None:
+    model = build(cfg).eval()
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    shapes = [t.shape for t in train_outputs(model, x)]
+    channels = pruning.channel_counts(model)
+    target = ratio * pruning.count_macs_params(model)[kind == "params"]
+    r = pruning.prune_to(model, kind, target, importance=importance, ignore=ignore)
+    after = r.macs_after if kind == "macs" else r.params_after
+    assert 0.98 * target <= after <= target
+    assert not model.training
+    assert_stock_and_consistent(model)
+    assert [t.shape for t in train_outputs(model, x)] == shapes
+    with torch.no_grad():
+        model(x)
+    if kept:  # ignored layers keep their output channels
+        names = [n for n in channels if n.startswith(kept)]
+        assert names and all(r.channels_after[n] == channels[n] for n in names)
+
+
+def test_deterministic() -> None:
+    before, pruned, _ = pruned_detect("yolov8n.yaml")
+    again = copy.deepcopy(before)
+    pruning.prune_to(again, "macs", 0.5 * pruning.count_macs_params(again)[0])
+    assert pruning.channel_counts(again) == pruning.channel_counts(pruned)
+    for (n, a), b in zip(again.state_dict().items(), pruned.state_dict().values(), strict=True):
+        assert torch.equal(a, b), n
+
+
+def test_random_importance_follows_seed() -> None:
+    models = [build("yolo11n-cls.yaml") for _ in range(3)]
+    target = 0.5 * pruning.count_macs_params(models[0])[0]
+    for m, seed in zip(models, (3, 3, 4)):
+        pruning.prune_to(m, "macs", target, importance="random", seed=seed)
+    counts = [pruning.channel_counts(m) for m in models]
+    assert counts[0] == counts[1] != counts[2]
+
+
+def test_floor_and_unreachable_target() -> None:
+    model = build("yolov8n.yaml")
+    floor = pruning.min_keep_ratio(model, "macs")
+    assert 0 < floor < 0.5
+    assert pruning.min_keep_ratio(model, "macs", min_channels=64) > floor
+    assert 0 < pruning.min_keep_ratio(model, "params") < 1
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    macs, _ = pruning.count_macs_params(model)
+    with pytest.raises(SlimConfigError, match="floor"):
+        pruning.prune_to(model, "macs", 0.9 * floor * macs)
+    assert_stock_and_consistent(model)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(SlimConfigError):
+        pruning.prune_to(model, "flops", macs)
+
+
+def test_helpers_leave_the_model_alone() -> None:
+    model = build("yolo26n.yaml").train()
+    head = model.model[-1]
+    head.shape = "cached"
+    params = list(model.parameters())
+    pruning.count_macs_params(model)
+    groups = pruning.channel_groups(model, ignore=["model.22"])
+    bns = pruning.prunable_batchnorms(model, ignore=["model.22"])
+    assert isinstance(head, Detect) and head.shape == "cached" and "anchors" not in head.__dict__
+    assert all(m.training for m in model.modules()) and list(model.parameters()) == params
+    grouped = {id(p) for g in groups for p, _, _ in g}
+    assert bns and all(model.get_submodule(n) is bn and id(bn.weight) in grouped for n, bn in bns)
+    assert not any(n.startswith("model.22.") or ".attn.qkv" in n or ".attn.pe" in n for n, _ in bns)
+    assert "model.10.cv1.bn" in dict(bns)  # a C2PSA cv1 is prunable as a whole (its halves stay equal)
+    for g in groups:
+        for p, dim, idx in g:
+            assert idx.dtype == torch.long and len(idx) == len(g[0][2]) and int(idx.max()) < p.shape[dim]
+
+
+_FRESH = r"""
+import sys
+
+class Block:  # prove the checkpoint needs nothing from ultralytics_slim
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] == "ultralytics_slim":
+            raise ImportError("ultralytics_slim is blocked in this process")
+
+plugin = [f for f in sys.meta_path if getattr(f, "__module__", "").startswith("ultralytics_slim")]
+sys.meta_path[:] = [Block] + [f for f in sys.meta_path if f not in plugin]
+for k in [k for k in sys.modules if k.startswith("ultralytics_slim")]:
+    del sys.modules[k]
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import load_checkpoint, torch_safe_load
+
+torch_safe_load(sys.argv[1], safe_only=True)  # allow-list of stock Ultralytics/torch classes
+model, _ = load_checkpoint(sys.argv[1])
+x = torch.rand(1, 3, 64, 64)
+with torch.no_grad():
+    ref = model(x)[0].numpy()
+yolo = YOLO(sys.argv[1])
+yolo.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False)
+onnx = yolo.export(format="onnx", imgsz=64, simplify=False, device="cpu")
+sess = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"])
+out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+assert out.shape == ref.shape and np.allclose(out, ref, atol=2e-3), float(np.abs(out - ref).max())
+assert not [k for k in sys.modules if k.startswith("ultralytics_slim")]
+print("FRESH OK")
+"""
+
+
+def test_checkpoint_loads_predicts_and_exports_without_plugin(tmp_path: Path) -> None:
+    _, model, _ = pruned_detect("yolov8n.yaml")
+    path = tmp_path / "pruned.pt"
+    ckpt = {
+        "epoch": -1,
+        "best_fitness": None,
+        "model": None,
+        "ema": copy.deepcopy(model).half(),
+        "updates": 0,
+        "optimizer": None,
+        "train_args": {"task": "detect", "imgsz": IMGSZ},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    torch.save(ckpt, path)
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _FRESH, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
+    assert proc.returncode == 0 and "FRESH OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

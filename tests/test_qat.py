@@ -1,0 +1,253 @@
+"""Tests of INT8 QAT: the technique that starts Ultralytics' own QAT mid-run, and the INT8 ONNX export of checkpoints.
+
+Real nvidia-modelopt, real onnxruntime, 64 px images: fake quantization and the exported INT8 graph both run on CPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.utils.torch_utils import is_qat, strip_qat
+
+from conftest import train_args
+from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
+from ultralytics_slim.export import main as export_cli
+from ultralytics_slim.recipe import Recipe, load_recipe
+from ultralytics_slim.schedule import build_schedule
+from ultralytics_slim.techniques import TECHNIQUES
+from ultralytics_slim.techniques.qat import QuantizeTechnique, export_int8_onnx
+
+IMGSZ = 64
+
+
+def _technique(start: int = 2, epochs: int = 4) -> QuantizeTechnique:
+    recipe = Recipe(quantize={"start": start, "calib_batches": 2})
+    return QuantizeTechnique(recipe.quantize, build_schedule(recipe, epochs))
+
+
+def _ops(path: Path) -> Counter[str]:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+def _meta(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _quantized_float_weights(path: Path) -> list[str]:
+    """Float initializers that a QuantizeLinear reads: the weights the stock exporter leaves in FP32."""
+    graph = onnx.load(str(path)).graph
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    return [n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in floats]
+
+
+@pytest.fixture(scope="module")
+def qat_weights(tmp_path_factory: pytest.TempPathFactory, detect_data: str) -> Path:
+    """best.pt of a stock `quantize=8` run: the checkpoint format the technique hands its runs over to."""
+    tmp = tmp_path_factory.mktemp("stock_qat")
+    YOLO("yolov8n.yaml").train(**train_args(tmp, data=detect_data, epochs=1, batch=4, quantize=8))
+    return tmp / "run" / "weights" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def onnx_files(qat_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The QAT weights exported once each: without quantizers, by the stock exporter, and by `export_int8_onnx`."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    weights = shutil.copy(qat_weights, tmp / "qat.pt")
+    float_model = YOLO(weights)
+    strip_qat(float_model.model)  # the same weights without fake quantization
+    fp32 = Path(float_model.export(format="onnx", imgsz=IMGSZ, simplify=False)).rename(tmp / "fp32.onnx")
+    qdq = Path(YOLO(weights).export(format="onnx", imgsz=IMGSZ, simplify=False)).rename(tmp / "qdq.onnx")
+    return SimpleNamespace(fp32=fp32, qdq=qdq, int8=export_int8_onnx(weights, imgsz=IMGSZ, simplify=False))
+
+
+def test_export_int8_onnx_writes_qdq_graph_that_onnxruntime_runs(onnx_files: SimpleNamespace) -> None:
+    """The stock exporter turns the QAT ranges into Q/DQ nodes; same output layout as the float graph."""
+    fp32, int8 = onnx_files.fp32, onnx_files.int8
+    ops = _ops(int8)
+    assert ops["QuantizeLinear"] > 50 and ops["DequantizeLinear"] > 50
+    assert "QuantizeLinear" not in _ops(fp32)
+    meta = _meta(int8)
+    assert {"task", "names", "stride", "imgsz"} <= set(meta) and meta["task"] == "detect"
+    x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    y8, y32 = _run(int8, x), _run(fp32, x)
+    assert y8.shape == y32.shape == (1, 4 + 3, 8 * 8 + 4 * 4 + 2 * 2)  # 4 box + 3 class rows, anchors of strides 8-32
+    assert np.isfinite(y8).all()
+    assert np.abs(y8 - y32).mean() < 0.05 * np.abs(y32).mean()  # INT8 rounding, not a different network
+    with pytest.raises(ValueError, match="not a QAT checkpoint"):
+        export_int8_onnx(fp32)  # an exported model carries no quantizers to export
+
+
+def test_int8_onnx_stores_weights_as_int8_with_unchanged_outputs(onnx_files: SimpleNamespace) -> None:
+    """Folding the weight Q/DQ pairs changes the file's size, not its numbers, its activation Q/DQ or its metadata."""
+    qdq, int8 = onnx_files.qdq, onnx_files.int8
+    weights = _quantized_float_weights(qdq)
+    assert len(weights) > 50  # the stock exporter quantizes every FP32 conv weight at run time
+    assert _quantized_float_weights(int8) == []
+    graph = onnx.load(str(int8)).graph
+    inits = {t.name: t.data_type for t in graph.initializer}
+    dq_weights = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert len(dq_weights) == len(weights) and {inits[w] for w in dq_weights} == {onnx.TensorProto.INT8}
+    assert not inits.keys() & set(weights)  # the float copies are gone
+    before, after = _ops(qdq), _ops(int8)
+    assert after["QuantizeLinear"] == before["QuantizeLinear"] - len(weights) > 0  # activation Q/DQ stay
+    assert after["DequantizeLinear"] == before["DequantizeLinear"]
+    assert {**_meta(int8), "date": ""} == {**_meta(qdq), "date": ""}
+    x = np.random.default_rng(1).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    np.testing.assert_allclose(_run(int8, x), _run(qdq, x), rtol=1e-6, atol=1e-6)
+    assert int8.stat().st_size < 0.35 * onnx_files.fp32.stat().st_size  # FP32 -> INT8 weights, about 4x
+
+
+def test_int8_onnx_validates_with_stock_yolo_val(onnx_files: SimpleNamespace, tmp_path: Path, detect_data: str) -> None:
+    metrics = YOLO(onnx_files.int8).val(data=detect_data, imgsz=IMGSZ, plots=False, device="cpu", project=str(tmp_path))
+    assert "metrics/mAP50-95(B)" in metrics.results_dict
+
+
+def test_export_cli_prints_the_onnx_path(qat_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    weights = shutil.copy(qat_weights, tmp_path / "cli.pt")
+    path = export_cli([f"model={weights}", f"imgsz={IMGSZ}", "simplify=False"])
+    assert path == tmp_path / "cli.onnx" and path.exists() and _quantized_float_weights(path) == []
+    assert capsys.readouterr().out.strip().endswith(str(path))
+    with pytest.raises(SystemExit, match="missing model="):
+        export_cli([f"imgsz={IMGSZ}"])
+    with pytest.raises(SystemExit, match="not key=value"):
+        export_cli([f"model={weights}", "onnx"])
+
+
+def test_export_refuses_float_checkpoint_and_other_formats(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.pt"
+    YOLO("yolov8n.yaml").save(plain)
+    with pytest.raises(ValueError, match="not a QAT checkpoint"):
+        export_int8_onnx(plain, imgsz=IMGSZ)
+    with pytest.raises(ValueError, match="ONNX only"):
+        export_int8_onnx(plain, format="engine")
+
+
+def test_recipe_starts_qat_mid_run_and_resume_keeps_it(tmp_path: Path, detect_data: str, monkeypatch) -> None:
+    """Through the trainer glue: float epoch 0, QAT from epoch 1, interrupted, resumed without re-preparing."""
+
+    class Interrupt(Exception):
+        pass
+
+    def interrupt_after_epoch_1(trainer) -> None:
+        if trainer.epoch == 1:
+            raise Interrupt
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_model_save", interrupt_after_epoch_1)
+    recipe = {"quantize": {"start": 1, "calib_batches": 2}}
+    with pytest.raises(Interrupt):
+        model.train(**train_args(tmp_path, data=detect_data, epochs=3), slim=recipe)
+    last = tmp_path / "run" / "weights" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["train_args"]["quantize"] == 8 and ckpt["modelopt"]
+
+    import ultralytics_slim.techniques.qat as qat
+
+    def no_second_prepare(*args, **kwargs):
+        raise AssertionError("QAT was prepared again on resume")
+
+    monkeypatch.setattr(qat, "prepare_qat", no_second_prepare)
+    YOLO(last).train(resume=True)  # stock _setup_train restores the quantizers from the checkpoint
+    best, _ = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")
+    assert is_qat(best)
+
+
+class _Trainer(SimpleNamespace):
+    """The trainer attributes the technique reads, around a real model; calibration batches are plain tensors."""
+
+    def __init__(self, epoch: int, **args):
+        defaults = {"quantize": None, "compile": False, "close_mosaic": 10, "cache": "ram", "mosaic": 1.0}
+        super().__init__(
+            model=DetectionModel("yolov8n.yaml", nc=3, verbose=False),
+            epoch=epoch,
+            epochs=4,
+            batch_size=4,
+            world_size=1,
+            resume=False,
+            data={"train": "images/train"},
+            args=SimpleNamespace(**{**defaults, **args}),
+            loader_calls=[],
+        )
+
+    def get_dataloader(self, path: str, batch_size: int, rank: int, mode: str) -> list[torch.Tensor]:
+        self.loader_calls.append({"path": path, "rank": rank, "mode": mode, **vars(self.args)})
+        return [torch.rand(batch_size, 3, IMGSZ, IMGSZ) for _ in range(3)]
+
+    def preprocess_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+
+def test_technique_prepares_once_at_window_start() -> None:
+    technique, trainer = _technique(start=2), _Trainer(epoch=1)
+    model = trainer.model
+    assert technique.on_epoch_start(trainer) is False and not is_qat(model)
+
+    trainer.epoch = 2
+    assert technique.on_epoch_start(trainer) is True
+    assert trainer.model is model and is_qat(model) and trainer.args.quantize == 8
+    (call,) = trainer.loader_calls
+    assert call["rank"] == -1 and call["mode"] == "train" and call["cache"] is False
+    assert call["mosaic"] == 0.0  # epoch 2 of 4 lies in close_mosaic=10, so calibration sees what training sees
+    assert trainer.args.cache == "ram" and trainer.args.mosaic == 1.0  # overrides are undone
+
+    trainer.epoch = 3
+    assert technique.on_epoch_start(trainer) is False and len(trainer.loader_calls) == 1
+
+
+def test_check_rejects_quantize_arg_and_compile() -> None:
+    technique = _technique()
+    technique.check(_Trainer(epoch=0))
+    with pytest.raises(SlimConfigError, match="remove quantize=8"):
+        technique.check(_Trainer(epoch=0, quantize=8))
+    resumed = _Trainer(epoch=3, quantize=8)
+    resumed.resume = True
+    technique.check(resumed)  # a resumed QAT run carries quantize=8 in its own checkpoint args
+    with pytest.raises(SlimConfigError, match="compile=False"):
+        technique.check(_Trainer(epoch=0, compile=True))
+
+
+def test_missing_modelopt_names_the_install_command(monkeypatch, tmp_path: Path) -> None:
+    for name in ("modelopt", "modelopt.torch", "modelopt.torch.quantization"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import modelopt...` raise ImportError
+    technique = _technique()
+    with pytest.raises(SlimDependencyError, match=r'pip install "ultralytics-slim\[qat\]"'):
+        QuantizeTechnique.preflight(technique.cfg)
+    with pytest.raises(SlimDependencyError, match="nvidia-modelopt"):
+        technique.check(_Trainer(epoch=0))
+    with pytest.raises(SlimDependencyError):
+        export_int8_onnx(tmp_path / "any.pt")
+
+
+def test_module_imports_without_modelopt() -> None:
+    code = (
+        "import sys; sys.modules['modelopt'] = None\n"
+        "from ultralytics_slim.techniques import TECHNIQUES, load_all\n"
+        "load_all(); print(TECHNIQUES['quantize'].__name__)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "QuantizeTechnique"
+
+
+def test_recipe_schema() -> None:
+    assert TECHNIQUES["quantize"] is QuantizeTechnique
+    with pytest.raises(SlimConfigError, match="quantize.bits"):
+        load_recipe({"quantize": {"bits": 4}})
+    with pytest.raises(SlimConfigError, match="quantize.calib_batches"):
+        load_recipe({"quantize": {"calib_batches": 0}})

@@ -1,0 +1,158 @@
+"""Teacher-guided distillation on the head's outputs, for a student whose width changes during the run.
+
+Ultralytics' own `distill_model=` wraps the model in a `DistillationModel` whose projectors are sized for the student's
+channels when the run starts, and which is pickled into checkpoints. Neither fits a student that is pruned mid-run
+and must end as an ordinary checkpoint. This technique distils what does not depend on width: the class scores
+(soft-target BCE), the box distributions (KL per side for DFL heads, L1 for YOLO26's direct boxes) and any other
+per-anchor outputs (keypoints, angles, mask coefficients), each anchor weighted by the teacher's confidence; for
+classification, the logits (KL). The teacher lives beside the model, never inside it, so it is neither in the EMA nor
+in `best.pt`; `weights/teacher.pt` keeps it for `resume`.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import unwrap_model
+
+from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.recipe import DistillConfig
+from ultralytics_slim.techniques.base import Technique, register
+
+PREFIX = colorstr("Slim distill: ")
+RAW_KEYS_SKIPPED = {"feats"}  # neck features: their width differs between a pruned student and its teacher
+
+
+def head_distill_loss(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
+    """Width-independent distillation loss between raw (training-mode) head outputs of student and teacher."""
+    if isinstance(student, torch.Tensor):  # classification logits
+        t = temperature
+        return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
+    if "one2many" in student:  # YOLO26 end-to-end head: both branches
+        return sum(head_distill_loss(student[k], teacher[k], temperature) for k in student) / len(student)
+    t_scores = teacher["scores"].float()
+    weight = t_scores.sigmoid().amax(1)  # (B, A) teacher confidence per anchor
+    weight = weight / weight.sum().clamp_min(1e-6)
+    loss = F.binary_cross_entropy_with_logits(student["scores"].float() / temperature, (t_scores / temperature).sigmoid())
+    s_box, t_box = student["boxes"].float(), teacher["boxes"].float()
+    b, c, a = s_box.shape
+    if c > 4:  # DFL: a distribution over reg_max bins per box side
+        s_log = F.log_softmax(s_box.view(b, 4, c // 4, a) / temperature, 2)
+        t_prob = F.softmax(t_box.view(b, 4, c // 4, a) / temperature, 2)
+        per_anchor = (t_prob * (t_prob.clamp_min(1e-9).log() - s_log)).sum(2).mean(1)
+    else:
+        per_anchor = (s_box - t_box).abs().mean(1)
+    loss = loss + (per_anchor * weight).sum()
+    for k, s in student.items():
+        if k in {"scores", "boxes"} | RAW_KEYS_SKIPPED or not isinstance(s, torch.Tensor):
+            continue
+        diff = (s.float() - teacher[k].float()).pow(2)
+        loss = loss + ((diff.mean(1) * weight).sum() if diff.dim() == 3 else diff.mean())
+    return loss
+
+
+class DistillCriterion:
+    """The model's criterion plus the distillation term, reported as its own loss column ('distill').
+
+    Deep copies (the EMA, checkpoint snapshots) get no criterion at all, so the teacher never travels with the model.
+    """
+
+    def __init__(self, criterion: Any, technique: DistillTechnique):
+        self.criterion = criterion
+        self.technique = technique
+
+    def __call__(self, preds: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, items = self.criterion(preds, batch)
+        extra = self.technique.loss(preds, batch)
+        return torch.cat([loss.reshape(-1), extra.reshape(1) * batch["img"].shape[0]]), {**items, "distill": extra.detach()}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {"criterion", "technique"}:  # not yet set (copy/unpickle): avoid recursion
+            raise AttributeError(name)
+        return getattr(self.criterion, name)  # e.g. `update()` of the end-to-end loss
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+
+@register("distill")
+class DistillTechnique(Technique):
+    """Distil a frozen teacher (the model before pruning, or a larger checkpoint) into the student."""
+
+    cfg: DistillConfig
+
+    def __init__(self, cfg: DistillConfig, schedule: Any):
+        super().__init__(cfg, schedule)
+        self.teacher: nn.Module | None = None
+        self.epoch = 0
+
+    @classmethod
+    def preflight(cls, cfg: DistillConfig) -> None:
+        """A teacher checkpoint must exist and load."""
+        if cfg.teacher == "self":
+            return
+        try:
+            load_checkpoint(cfg.teacher)
+        except Exception as e:
+            raise SlimConfigError(f"distill.teacher={cfg.teacher!r} is not a readable Ultralytics checkpoint: {e}") from None
+
+    def check(self, trainer: Any) -> None:
+        """A teacher checkpoint must match the student's task, classes and input channels."""
+        if self.cfg.teacher == "self":
+            return
+        teacher = load_checkpoint(self.cfg.teacher)[0]
+        student = unwrap_model(trainer.model)
+        ours = (getattr(trainer.args, "task", None), dict(trainer.data["names"]), student.yaml.get("channels", 3))
+        theirs = (getattr(teacher, "task", None), dict(teacher.names), teacher.yaml.get("channels", 3))
+        for what, a, b in zip(("task", "classes", "input channels"), ours, theirs):
+            if a != b:
+                raise SlimConfigError(f"distill.teacher={self.cfg.teacher!r} has {what} {b}, the student has {a}")
+
+    def _teacher_file(self, trainer: Any) -> Path:
+        return trainer.wdir / "teacher.pt"
+
+    def _adopt(self, teacher: nn.Module, trainer: Any) -> None:
+        """Freeze a teacher on the trainer's device: train-mode head (raw outputs), eval-mode BatchNorm."""
+        teacher = teacher.float().to(trainer.device)
+        teacher.requires_grad_(False)
+        teacher.train()
+        for m in teacher.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        teacher.criterion = None
+        self.teacher = teacher
+
+    def setup(self, trainer: Any) -> None:
+        """Wrap the criterion; load a checkpoint teacher now, or on resume the snapshot kept in weights/teacher.pt."""
+        model = unwrap_model(trainer.model)
+        model.criterion = DistillCriterion(getattr(model, "criterion", None) or model.init_criterion(), self)
+        if self.cfg.teacher != "self":
+            self._adopt(load_checkpoint(self.cfg.teacher)[0], trainer)
+        elif trainer.start_epoch > self.window.start and self._teacher_file(trainer).exists():
+            self._adopt(load_checkpoint(self._teacher_file(trainer))[0], trainer)
+
+    def on_epoch_start(self, trainer: Any) -> bool:
+        """Snapshot the model as the teacher when the phase starts (before any pruning step of that epoch)."""
+        self.epoch = trainer.epoch
+        if self.cfg.teacher == "self" and self.teacher is None and trainer.epoch >= self.window.start:
+            snapshot = deepcopy(trainer.ema.ema)
+            if RANK in {-1, 0}:
+                torch.save({"model": deepcopy(snapshot).half(), "train_args": vars(trainer.args)}, self._teacher_file(trainer))
+                LOGGER.info(f"{PREFIX}teacher = the model at epoch {trainer.epoch + 1}, kept in {self._teacher_file(trainer)}")
+            self._adopt(snapshot, trainer)
+        return False
+
+    def loss(self, preds: Any, batch: dict) -> torch.Tensor:
+        """Weighted distillation loss for a training batch; zero outside the phase."""
+        if self.teacher is None or self.epoch not in self.window:
+            return torch.zeros((), device=batch["img"].device)
+        with torch.no_grad():
+            t_preds = self.teacher(batch["img"])
+        return self.cfg.weight * head_distill_loss(preds, t_preds, self.cfg.temperature)
