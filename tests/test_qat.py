@@ -27,7 +27,7 @@ from ultralytics_slim.export import main as export_cli
 from ultralytics_slim.recipe import Recipe, load_recipe
 from ultralytics_slim.schedule import build_schedule
 from ultralytics_slim.techniques import TECHNIQUES
-from ultralytics_slim.techniques.qat import QuantizeTechnique, export_int8_onnx
+from ultralytics_slim.techniques.qat import QuantizeTechnique, _fold_weight_qdq, export_int8_onnx
 
 IMGSZ = 64
 
@@ -43,6 +43,15 @@ def _ops(path: Path) -> Counter[str]:
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+def _run_with_convs(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    """The output and every Conv's: a head trained for one epoch gives nearly the same output whatever the weights."""
+    model = onnx.load(str(path))
+    convs = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(c, onnx.TensorProto.FLOAT, None) for c in convs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": x})
 
 
 def _meta(path: Path) -> dict[str, str]:
@@ -109,13 +118,48 @@ def test_int8_onnx_stores_weights_as_int8_with_unchanged_outputs(onnx_files: Sim
     assert after["DequantizeLinear"] == before["DequantizeLinear"]
     assert {**_meta(int8), "date": ""} == {**_meta(qdq), "date": ""}
     x = np.random.default_rng(1).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
-    np.testing.assert_allclose(_run(int8, x), _run(qdq, x), rtol=1e-6, atol=1e-6)
+    for y, y_ref in zip(_run_with_convs(int8, x), _run_with_convs(qdq, x), strict=True):
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
     assert int8.stat().st_size < 0.35 * onnx_files.fp32.stat().st_size  # FP32 -> INT8 weights, about 4x
 
 
 def test_int8_onnx_validates_with_stock_yolo_val(onnx_files: SimpleNamespace, tmp_path: Path, detect_data: str) -> None:
     metrics = YOLO(onnx_files.int8).val(data=detect_data, imgsz=IMGSZ, plots=False, device="cpu", project=str(tmp_path))
     assert "metrics/mAP50-95(B)" in metrics.results_dict
+
+
+def test_weight_folding_rounds_and_saturates_as_onnx_quantizelinear(tmp_path: Path) -> None:
+    """Ties to even, saturation, per-axis zero points and a negative axis; the activation Q/DQ stays."""
+    h, nh = onnx.helper, onnx.numpy_helper
+    scale, zp = np.array([0.5, 0.25, 0.125], np.float32), np.array([0, 1, -1], np.int8)
+    w = np.array([[0.25, 0.375, -0.1875], [0.75, 100.0, -100.0]], np.float32)  # 0.5, 1.5, -1.5, 1.5 steps; saturated
+    nodes = [
+        h.make_node("QuantizeLinear", ["w", "scale", "zp"], ["wq"], axis=-1),
+        h.make_node("DequantizeLinear", ["wq", "scale", "zp"], ["wdq"], axis=-1),
+        h.make_node("QuantizeLinear", ["x", "xscale", "xzp"], ["xq"]),
+        h.make_node("DequantizeLinear", ["xq", "xscale", "xzp"], ["xdq"]),
+        h.make_node("Mul", ["xdq", "wdq"], ["y"]),
+    ]
+    inits = {"w": w, "scale": scale, "zp": zp, "xscale": np.float32(0.1), "xzp": np.int8(0)}
+    graph = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+        [nh.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    qdq, folded = tmp_path / "qdq.onnx", tmp_path / "folded.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=8), qdq)
+    shutil.copy(qdq, folded)
+    _fold_weight_qdq(folded)
+    model = onnx.load(str(folded))
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "QuantizeLinear", "DequantizeLinear", "Mul"]
+    weight = {t.name: nh.to_array(t) for t in model.graph.initializer}["wq"]
+    np.testing.assert_array_equal(weight, np.array([[0, 3, -3], [2, 127, -128]], np.int8))
+    assert "w" not in {t.name for t in model.graph.initializer}
+    sessions = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for f in (folded, qdq)]
+    y, y_ref = (session.run(None, {"x": np.ones((2, 3), np.float32)})[0] for session in sessions)
+    np.testing.assert_array_equal(y, y_ref)
 
 
 def test_export_cli_prints_the_onnx_path(qat_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
