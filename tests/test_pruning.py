@@ -148,6 +148,21 @@ def assert_same_outputs(before: nn.Module, model: nn.Module) -> None:
     model.train(mode)
 
 
+@pytest.mark.parametrize("cfg", ["yolo26n-seg.yaml", "yolo26n-pose.yaml", "yolov8n-obb.yaml", "yolo11n-cls.yaml"])
+def test_tasks_exact(cfg: str) -> None:
+    """Task heads (Proto26 semantic branch, Pose26 sigma convs, OBB angle, Classify) keep exact outputs too."""
+    model = build(cfg)
+    kill_channels(model)
+    before = copy.deepcopy(model)
+    macs, _ = pruning.count_macs_params(model)
+    r = pruning.prune_to(model, "macs", 0.5 * macs)
+    assert 0.98 * 0.5 * macs <= r.macs_after <= 0.5 * macs
+    assert_stock_and_consistent(model)
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    for a, b in zip(train_outputs(before, x), train_outputs(model, x), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "cfg, kind, ratio, importance, ignore, kept",
     [

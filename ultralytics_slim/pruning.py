@@ -7,7 +7,10 @@ into the stock `cv1`: after pruning only stock Ultralytics classes remain and ch
 
 Channels are ranked globally in blocks of `round_to` (kept widths stay multiples of 8 for fast kernels), and the plan is
 computed on an exact MACs/params model before anything is cut, so unreachable targets are rejected with the model
-untouched. Attention layers are pruned by whole heads together with the residual stream they sit on.
+untouched. An Attention layer is one opaque node on its residual stream: the stream loses channels in multiples of
+head_dim and the layer drops as many whole heads (its `view(...).split(dim=2)` head layout cannot be index-mapped).
+Head output layers (box/cls/mask/keypoint/angle convs, DFL, Proto output, Classify.linear) keep their outputs; their
+inputs are pruned. Blocks that split channels in other ways (C2fAttn, RepNCSPELAN4, ADown, A2C2f, ...) are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ultralytics.utils import LOGGER
 
 from ultralytics_slim.errors import SlimConfigError
 
+# torch-pruning BNScaleImportance, GroupMagnitudeImportance(p=1), GroupMagnitudeImportance(p=2), RandomImportance
 IMPORTANCES = ("bn_scale", "l1", "l2", "random")
 
 _UNSET = object()

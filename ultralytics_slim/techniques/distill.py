@@ -151,8 +151,8 @@ class DistillTechnique(Technique):
 
     def loss(self, preds: Any, batch: dict) -> torch.Tensor:
         """Weighted distillation loss for a training batch; zero outside the phase."""
-        if self.teacher is None or self.epoch not in self.window:
-            return torch.zeros((), device=batch["img"].device)
+        if self.teacher is None or self.epoch not in self.window or isinstance(preds, tuple):
+            return torch.zeros((), device=batch["img"].device)  # tuple: an eval-mode forward (e.g. QAT calibration)
         with torch.no_grad():
             t_preds = self.teacher(batch["img"])
         return self.cfg.weight * head_distill_loss(preds, t_preds, self.cfg.temperature)
