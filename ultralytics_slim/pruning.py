@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from ultralytics.nn.modules import C2, C2PSA, PSA, Attention, C2f, Conv, Detect, Proto
-from ultralytics.utils import LOGGER
 
 from ultralytics_slim.errors import SlimConfigError
 
@@ -181,10 +180,6 @@ def prune_to(
                 m.np = sum(p.numel() for p in m.parameters())
     macs1, params1 = count_macs_params(model, imgsz)
     result = PruneResult(macs0, macs1, params0, params1, channels0, channel_counts(model), time.perf_counter() - t0)
-    LOGGER.info(
-        f"Pruned ({importance}) MACs {macs0 / 1e6:.1f}M -> {macs1 / 1e6:.1f}M ({macs1 / macs0:.3f}), "
-        f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M ({params1 / params0:.3f}) in {result.seconds:.1f}s"
-    )
     return result
 
 
