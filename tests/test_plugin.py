@@ -143,3 +143,26 @@ def test_startup_hook_is_cheap_and_imports_nothing_heavy():
         err = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True).stderr
         costs.append(sum(int(m) for m in re.findall(r"import time:\s+(\d+) \|.*ultralytics_slim", err)))
     assert min(costs) < 10_000, f"start-up hook costs {min(costs)} us"  # microseconds, self time of its modules
+
+
+def test_sparsity_term_is_added_to_unscaled_gradients(tmp_path, detect_data, monkeypatch):
+    """With a live loss scale of 1024, one optimizer step moves each regularized gamma by exactly lr * strength."""
+    import ultralytics.engine.trainer as ul_trainer
+
+    class CPUScaler(torch.amp.GradScaler):  # an enabled scaler, as AMP on a GPU would have
+        def __init__(self, *args, **kwargs):
+            super().__init__("cpu", init_scale=1024.0)
+
+    monkeypatch.setattr(ul_trainer.torch.amp, "GradScaler", CPUScaler)
+    strength, lr = 0.5, 0.01
+    args = train_args(tmp_path, data=detect_data, model="yolov8n.yaml", optimizer="SGD", lr0=lr, momentum=0.0, warmup_epochs=0)
+    trainer = SlimDetectionTrainer(overrides={**args, "slim": {"sparsity": {"strength": strength, "end": 1}}})
+    trainer._setup_train()
+    assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 1024.0
+    trainer.epoch = 0
+    bns = trainer.slim.technique("sparsity")._targets
+    before = [bn.weight.detach().clone() for bn in bns]
+    trainer.scaler.scale(sum(p.sum() for p in trainer.model.parameters()) * 0.0).backward()
+    trainer.optimizer_step()
+    for bn, w in zip(bns, before):
+        torch.testing.assert_close(bn.weight.detach(), w - lr * strength * torch.sign(w))
