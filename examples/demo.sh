@@ -11,5 +11,5 @@ python -m pip install -q -e ".[qat,test]"
 export YOLO_OFFLINE=1
 DATA=$(python -m ultralytics_slim.data --task detect --out datasets/shapes --n-train 200 --n-val 50 --imgsz 128)
 yolo train model=yolov8n.yaml data="$DATA" epochs=12 imgsz=128 batch=16 workers=0 device=cpu plots=False \
-  project=runs/demo name=prune_distill exist_ok=True slim=prune_distill.yaml
+  project="$PWD/runs/demo" name=prune_distill exist_ok=True slim=prune_distill.yaml
 echo "Demo finished: see runs/demo/prune_distill (weights/best.pt, slim.yaml, results.csv, TensorBoard events)"

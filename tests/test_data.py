@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: it checks connectivity once on import
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from ultralytics.data.utils import check_cls_dataset, check_det_dataset
 
-from ultralytics_slim.data import FLIP_IDX, MARKER, SHAPES, TASKS, main, make_dataset
+from ultralytics_slim.data import FLIP_IDX, MARKER, SHAPES, TASKS, make_dataset
 
 SMALL = {"n_train": 12, "n_val": 6, "imgsz": 64}
 
@@ -183,9 +185,12 @@ def test_obb_labels_are_elongated_rectangles(tmp_path: Path) -> None:
             assert lengths.max() / lengths.min() > 1.3  # elongated, so the angle is defined
 
 
-def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--task", "obb", "--out", str(tmp_path / "o"), "--n-train", "4", "--n-val", "2", "--imgsz", "48"])
-    assert capsys.readouterr().out.strip() == str((tmp_path / "o" / "data.yaml").resolve())
+def test_cli(tmp_path: Path) -> None:
+    """Stdout holds the path alone, so `data=$(python -m ultralytics_slim.data ...)` works; logs go to stderr."""
+    args = ["--task", "obb", "--out", str(tmp_path / "o"), "--n-train", "4", "--n-val", "2", "--imgsz", "48"]
+    r = subprocess.run([sys.executable, "-m", "ultralytics_slim.data", *args], capture_output=True, text=True, check=True)
+    assert r.stdout == f"{(tmp_path / 'o' / 'data.yaml').resolve()}\n"
+    assert "Synthetic obb set" in r.stderr
     assert len(list((tmp_path / "o" / "images" / "train").glob("*.png"))) == 4
 
 

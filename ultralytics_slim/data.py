@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nc", type=int, default=3, help=f"number of classes, the first of {', '.join(SHAPES)}")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    for handler in LOGGER.handlers:  # keep stdout for the path alone: `data=$(python -m ultralytics_slim.data ...)`
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
     print(make_dataset(a.out, a.task, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, nc=a.nc, seed=a.seed))
 
 
