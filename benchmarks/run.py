@@ -319,15 +319,8 @@ def rows(cfg: Config) -> list[Row]:
                 recipe("prune_distill.yaml", r / 100),
             )
         )
-    # WORKAROUND (plugin bug B1 in the report): with distillation still on when QAT starts, prepare_qat's eval-mode
-    # calibration forward hands the distill loss a (y, preds) tuple and the run crashes. Drop `distill={"end": 0.9}`
-    # once ultralytics_slim/techniques/distill.py handles eval-mode predictions.
-    qat = recipe("prune_distill_qat.yaml", 0.5, distill={"end": 0.9})
-    out.append(
-        slim_row(
-            cfg, "slim-50+qat", "prune_distill_qat.yaml, 50% MACs, WORKAROUND distill.end=0.9 (bug B1)", qat, int8=True
-        )
-    )
+    qat = recipe("prune_distill_qat.yaml", 0.5)
+    out.append(slim_row(cfg, "slim-50+qat", "prune_distill_qat.yaml, 50% MACs", qat, int8=True))
     if cfg.baseline_qat:
         out.append(slim_row(cfg, "baseline-qat", "qat.yaml", recipe("qat.yaml"), int8=True))
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
