@@ -1,13 +1,12 @@
-"""One latency timer for the whole project: the report, the benchmarks and the examples all measure with it."""
+"""CPU latency of a PyTorch model, as the end-of-run report measures it (benchmarks/run.py times ONNX files itself,
+interleaving all models so they share the machine's noise)."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -36,26 +35,3 @@ def torch_latency_ms(model: torch.nn.Module, imgsz: int, runs: int = 50, threads
             return median_ms(lambda: model(x), runs)
     finally:
         torch.set_num_threads(previous)
-
-
-def onnx_session(path: str | Path, threads: int = 2, runtime: str = "onnxruntime") -> Callable[[np.ndarray], object]:
-    """A batch-1 CPU inference function for an ONNX file, in onnxruntime or OpenVINO."""
-    if runtime == "openvino":
-        import openvino as ov
-
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
-        return lambda x: compiled(x)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
-
-
-def onnx_latency_ms(path: str | Path, imgsz: int, runs: int = 50, threads: int = 2, runtime: str = "onnxruntime") -> float:
-    """Batch-1 CPU latency of an ONNX file in onnxruntime or OpenVINO."""
-    run = onnx_session(path, threads, runtime)
-    x = np.zeros((1, 3, imgsz, imgsz), np.float32)
-    return median_ms(lambda: run(x), runs)
