@@ -94,3 +94,15 @@ def test_head_loss_pulls_student_towards_teacher(cfg):
     teacher = tree(model(torch.rand(2, 3, 64, 64)), lambda k, v: v.detach() if isinstance(v, torch.Tensor) else v)
     noisy = tree(teacher, lambda k, v: v + torch.randn_like(v) if k in {"scores", "boxes"} else v)
     assert head_distill_loss(noisy, teacher) > head_distill_loss(teacher, teacher) + 0.1
+
+
+def test_checkpoint_teacher_distils(tmp_path, detect_data):
+    import yaml
+
+    teacher = DetectionModel("yolov8s.yaml", nc=3, verbose=False)
+    teacher.names = yaml.safe_load(open(detect_data))["names"]
+    torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "teacher.pt")
+    YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "teacher.pt"), "start": 0}})
+    with open(tmp_path / "run" / "results.csv") as f:
+        assert all(float(row["train/distill"]) > 0 for row in csv.DictReader(f))
+    assert not (tmp_path / "run" / "weights" / "teacher.pt").exists()  # a checkpoint teacher is read where it lies

@@ -53,7 +53,7 @@ def _row(name: str, path: Path, metrics: dict[str, float], imgsz: int, latency_r
     return row
 
 
-def _plot(run: Path, rows: list[dict[str, Any]], state: dict[str, Any], final: torch.nn.Module) -> list[Path]:
+def _plot(run: Path, state: dict[str, Any], final: torch.nn.Module) -> list[Path]:
     """Channels per layer before/after, |gamma| over the epochs, and mAP/params/GFLOPs with pruning steps marked."""
     import matplotlib
 
@@ -149,7 +149,7 @@ def build_report(
         )
         + " |"
     )
-    plots = _plot(run, rows, state, load_checkpoint(best)[0].float())
+    plots = _plot(run, state, load_checkpoint(best)[0].float())
     (run / "report.md").write_text(
         f"# Slim report: {run.name}\n\nStarting model (weights/start.pt) against the final one (weights/best.pt), "
         f"validated on {data} at imgsz {imgsz}"

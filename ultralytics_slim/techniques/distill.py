@@ -104,7 +104,7 @@ class DistillTechnique(Technique):
             raise SlimConfigError(f"distill.teacher={cfg.teacher!r} is not a readable Ultralytics checkpoint: {e}") from None
 
     def check(self, trainer: Any) -> None:
-        """A teacher checkpoint must match the student's task, classes and input channels."""
+        """A teacher checkpoint must match the student's task, classes and input channels; then it is adopted."""
         if self.cfg.teacher == "self":
             return
         teacher = load_checkpoint(self.cfg.teacher)[0]
@@ -114,6 +114,7 @@ class DistillTechnique(Technique):
         for what, a, b in zip(("task", "classes", "input channels"), ours, theirs):
             if a != b:
                 raise SlimConfigError(f"distill.teacher={self.cfg.teacher!r} has {what} {b}, the student has {a}")
+        self._adopt(teacher, trainer)
 
     def _teacher_file(self, trainer: Any) -> Path:
         return trainer.wdir / "teacher.pt"
@@ -130,12 +131,10 @@ class DistillTechnique(Technique):
         self.teacher = teacher
 
     def setup(self, trainer: Any) -> None:
-        """Wrap the criterion; load a checkpoint teacher now, or on resume the snapshot kept in weights/teacher.pt."""
+        """Wrap the criterion; on resume, reload a `self` teacher from the snapshot kept in weights/teacher.pt."""
         model = unwrap_model(trainer.model)
         model.criterion = DistillCriterion(getattr(model, "criterion", None) or model.init_criterion(), self)
-        if self.cfg.teacher != "self":
-            self._adopt(load_checkpoint(self.cfg.teacher)[0], trainer)
-        elif trainer.start_epoch > self.window.start and self._teacher_file(trainer).exists():
+        if self.cfg.teacher == "self" and trainer.start_epoch > self.window.start and self._teacher_file(trainer).exists():
             self._adopt(load_checkpoint(self._teacher_file(trainer))[0], trainer)
 
     def on_epoch_start(self, trainer: Any) -> bool:
