@@ -24,17 +24,18 @@ from ultralytics.utils.torch_utils import is_qat, strip_qat
 from conftest import train_args
 from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
 from ultralytics_slim.export import main as export_cli
-from ultralytics_slim.recipe import Recipe, load_recipe
+from ultralytics_slim.recipe import load_recipe
 from ultralytics_slim.schedule import build_schedule
-from ultralytics_slim.techniques import TECHNIQUES
+from ultralytics_slim.recipe import PHASES
+from ultralytics_slim.techniques import technique_class
 from ultralytics_slim.techniques.qat import QuantizeTechnique, _fold_weight_qdq, export_int8_onnx
 
 IMGSZ = 64
 
 
 def _technique(start: int = 2, epochs: int = 4) -> QuantizeTechnique:
-    recipe = Recipe(quantize={"start": start, "calib_batches": 2})
-    return QuantizeTechnique(recipe.quantize, build_schedule(recipe, epochs))
+    recipe = load_recipe({"quantize": {"start": start, "calib_batches": 2}})
+    return QuantizeTechnique("quantize", recipe.quantize, build_schedule(recipe, epochs))
 
 
 def _ops(path: Path) -> Counter[str]:
@@ -281,8 +282,9 @@ def test_missing_modelopt_names_the_install_command(monkeypatch, tmp_path: Path)
 def test_module_imports_without_modelopt() -> None:
     code = (
         "import sys; sys.modules['modelopt'] = None\n"
-        "from ultralytics_slim.techniques import TECHNIQUES, load_all\n"
-        "load_all(); print(TECHNIQUES['quantize'].__name__)"
+        "from ultralytics_slim.recipe import PHASES\n"
+        "from ultralytics_slim.techniques import technique_class\n"
+        "print(technique_class(PHASES['quantize']).__name__)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -290,7 +292,7 @@ def test_module_imports_without_modelopt() -> None:
 
 
 def test_recipe_schema() -> None:
-    assert TECHNIQUES["quantize"] is QuantizeTechnique
+    assert technique_class(PHASES["quantize"]) is QuantizeTechnique
     with pytest.raises(SlimConfigError, match="quantize.bits"):
         load_recipe({"quantize": {"bits": 4}})
     with pytest.raises(SlimConfigError, match="quantize.calib_batches"):

@@ -54,8 +54,8 @@ def test_yaml_file_errors(tmp_path):
 def test_fractions_and_epochs_resolve():
     s = build_schedule(load_recipe({"sparsity": {"start": 0, "end": 0.4}, "prune": {"start": 4, "end": 7, "steps": 3}}), 10)
     assert (s.windows["sparsity"].start, s.windows["sparsity"].end) == (0, 4)
-    assert s.prune_epochs == (4, 5, 6)
-    assert s.active("sparsity", 3) and not s.active("sparsity", 4)
+    assert s.events["prune"] == (4, 5, 6) and not s.notes
+    assert 3 in s.windows["sparsity"] and 4 not in s.windows["sparsity"]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_fractions_and_epochs_resolve():
         ({"prune": {"start": 5, "end": 12}}, 10, r"ends after the run's last epoch \(epochs=10\)"),
         ({"sparsity": {"end": 0.6}, "prune": {"start": 0.5}}, 10, r"'sparsity' .* must end before 'prune' starts"),
         ({"prune": {"end": 0.8}, "quantize": {"start": 0.7}}, 10, r"QAT is the last phase"),
-        ({"quantize": {"start": 10}}, 10, r"before epochs=10"),
+        ({"quantize": {"start": 10}}, 10, r"start must come before end=10 \(epochs\)"),
         ({"prune": {"start": 0.4}, "distill": {"start": 0.6}}, 10, r"teacher 'self' is the model before"),
     ],
 )

@@ -4,36 +4,38 @@
    with its own suggestion).
 2. `Model.train` picks the slim trainer of the model's task when the run needs it: `slim=` was given, the run
    resumes a slim checkpoint, or the model was pruned (so it is not rebuilt from its yaml). Otherwise it calls the
-   stock `train` unchanged.
+   stock `train` unchanged, without `slim` (so `slim=None` is exactly a stock run).
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
-PRUNED_KEY = "slim_pruned"  # set in a pruned model's `yaml`: its widths no longer follow the yaml's scale
+from ultralytics_slim.markers import is_pruned
 
 
-def is_pruned(model: Any) -> bool:
-    """Whether a model was pruned by ultralytics-slim and must not be rebuilt from its yaml."""
-    yaml = getattr(model, "yaml", None)
-    return isinstance(yaml, dict) and bool(yaml.get(PRUNED_KEY))
+def _resumes_slim_run(model: Any, resume: Any) -> bool:
+    """Whether the run that `resume=` continues is a slim run; the checkpoint is found as the stock trainer finds it."""
+    if not isinstance(resume, (str, Path)):
+        return ((model.ckpt or {}).get("train_args") or {}).get("slim") is not None
+    from ultralytics.nn.tasks import load_checkpoint
+    from ultralytics.utils.files import get_latest_run
+
+    try:  # a missing path resumes the latest run, as in `BaseTrainer.check_resume`
+        ckpt = load_checkpoint(resume if Path(resume).is_file() else get_latest_run())[1]
+    except Exception:  # nothing to resume: the stock trainer reports it in its own words
+        return False
+    return (ckpt.get("train_args") or {}).get("slim") is not None
 
 
 def _slim_requested(model: Any, kwargs: dict[str, Any]) -> bool:
     """Whether a `Model.train(**kwargs)` call needs the slim trainer."""
     if kwargs.get("slim") is not None:
         return True
-    resume = kwargs.get("resume")
-    if resume:
-        if isinstance(resume, str):
-            from ultralytics.nn.tasks import load_checkpoint
-
-            ckpt = load_checkpoint(resume)[1]
-        else:
-            ckpt = model.ckpt or {}
-        return (ckpt.get("train_args") or {}).get("slim") is not None
+    if kwargs.get("resume"):
+        return _resumes_slim_run(model, kwargs["resume"])
     return is_pruned(model.model)
 
 
@@ -45,6 +47,8 @@ def _patch_train(model_cls: type) -> None:
 
     @functools.wraps(stock_train)
     def train(self, trainer=None, **kwargs):
+        if "slim" in kwargs and kwargs["slim"] is None:
+            del kwargs["slim"]  # e.g. `model.train(slim=args.slim)` with the option unset: a stock run
         if trainer is None and _slim_requested(self, kwargs):
             from ultralytics_slim.trainer import slim_trainer
 

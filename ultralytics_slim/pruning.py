@@ -30,9 +30,8 @@ import torch_pruning as tp
 from ultralytics.nn.modules import C2, C2PSA, PSA, Attention, C2f, Conv, Detect, Proto
 
 from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.importance import IMPORTANCES
 
-# torch-pruning BNScaleImportance, GroupMagnitudeImportance(p=1), GroupMagnitudeImportance(p=2), RandomImportance
-IMPORTANCES = ("bn_scale", "l1", "l2", "random")
 
 _UNSET = object()
 _CONV = nn.modules.conv._ConvNd
@@ -155,7 +154,7 @@ def prune_to(
     """
     _check_kind(kind)
     if importance not in IMPORTANCES:
-        raise SlimConfigError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+        raise SlimConfigError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}")
     t0 = time.perf_counter()
     channels0 = channel_counts(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -163,7 +162,7 @@ def prune_to(
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
         now = macs0 if kind == "macs" else params0
-        plan, reached = _plan(model, an, kind, target, _importance(importance), round_to, min_channels, seed)
+        plan, reached = _plan(model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed)
         if reached > target:
             raise SlimConfigError(
                 f"cannot prune {kind} to {target / now:.3f} of the current model: the floor is {reached / now:.3f} "
@@ -408,7 +407,7 @@ def _fixed_and_banned(
     for m in model.modules():
         if isinstance(m, Attention) and any(c in fixed for c in m.modules()):
             banned.add(m)
-        elif isinstance(m, _CONV) and 1 < m.groups and not m.groups == m.in_channels == m.out_channels:
+        elif isinstance(m, _CONV) and 1 < m.groups and not _depthwise(m):
             banned.add(m)
     return fixed, banned, outputs
 
@@ -585,7 +584,7 @@ class _Layer:
             return cls(m.num_features, m.num_features, 1, 0.0, False, 1, m.affine, True)
         if isinstance(m, nn.Linear):
             return cls(m.in_features, m.out_features, 1, area, False, 1, m.bias is not None, False)
-        dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        dw = _depthwise(m)
         ka, bias = math.prod(m.kernel_size), m.bias is not None
         return cls(m.in_channels, m.out_channels, ka, area, dw, m.groups, bias, False)
 
@@ -687,15 +686,6 @@ def _blocks(unit: _Unit, scores: torch.Tensor, round_to: int, min_channels: int,
         blocks.append(_Block(float(scores[chans].mean()), 1 - w / unit.n, index, chans))
         start = unit.n - w
     return blocks
-
-
-def _importance(name: str) -> tp.importance.Importance:
-    """torch-pruning importance; bn_scale is left unnormalized so BN gammas rank globally (network slimming)."""
-    if name == "bn_scale":
-        return tp.importance.BNScaleImportance(normalizer=None)
-    if name == "random":
-        return tp.importance.RandomImportance()
-    return tp.importance.GroupMagnitudeImportance(p=1 if name == "l1" else 2)
 
 
 def _unit_scores(unit: _Unit, imp: tp.importance.Importance) -> torch.Tensor:
@@ -816,11 +806,15 @@ def _channel_params(m: nn.Module, out: bool) -> list[tuple[nn.Parameter, int]]:
     """Parameters of a layer that carry its output (or input) channels, with the dim they sit on."""
     if isinstance(m, _BN):
         return [(p, 0) for p in (m.weight, m.bias) if p is not None]
-    depthwise = isinstance(m, _CONV) and m.groups == m.out_channels > 1
     transposed = getattr(m, "transposed", False)
-    if out or depthwise:
+    if out or (isinstance(m, _CONV) and _depthwise(m)):
         return [(m.weight, 1 if transposed else 0)] + ([(m.bias, 0)] if m.bias is not None else [])
     return [(m.weight, 0 if transposed else 1)]
+
+
+def _depthwise(conv: nn.Module) -> bool:
+    """One filter per channel: input, output and groups shrink together."""
+    return 1 < conv.groups == conv.in_channels == conv.out_channels
 
 
 def _check_kind(kind: str) -> None:

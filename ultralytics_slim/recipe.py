@@ -1,19 +1,31 @@
 """The recipe: what `slim=` points at, parsed once into a typed schema that rejects unknown keys.
 
-A recipe has any subset of four sections (`sparsity`, `prune`, `distill`, `quantize`). `start`/`end` are epochs (int)
-or fractions of the run's `epochs` (float in [0, 1]), so one recipe serves any run length; `schedule.py` resolves them.
+A recipe has one optional section per registered phase (`sparsity`, `prune`, `distill`, `quantize`, in that acting
+order) and `report`. `start`/`end` are epochs (int) or fractions of the run's `epochs` (float in [0, 1]), so one recipe
+serves any run length; `schedule.py` resolves them.
+
+`PHASES` is the one table of phases: key -> config class -> technique. The recipe's fields, the empty-recipe check,
+the acting order and the schedule's ordering rules are all derived from it, and the rules themselves are data on each
+config class (`needs_ended`, `runs_to_end`). A new technique is one `PhaseConfig` subclass, one `Technique` module and
+one `register_phase` call (see "Adding a technique" in the README).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.importance import IMPORTANCES
+
+if TYPE_CHECKING:
+    from ultralytics_slim.schedule import Window
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DOCS = "the Recipes section of the ultralytics-slim README (examples: ultralytics_slim/recipes/)"
@@ -22,21 +34,39 @@ When = Union[int, float]  # int: an epoch; float in [0, 1]: a fraction of the ru
 
 
 class _Section(BaseModel):
-    """Common base: unknown keys are errors, assignments are validated."""
+    """Common base: unknown keys and non-finite numbers are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    @field_validator("start", "end", check_fields=False)
+
+class PhaseConfig(_Section):
+    """Base of a phase's section: a window of epochs and, as data, how it may be placed relative to other phases.
+
+    Subclasses declare `start` (and `end`, unless `runs_to_end`) with their defaults.
+    """
+
+    needs_ended: ClassVar[dict[str, str]] = {}  # phases that must end before this one starts -> why (shown to the user)
+    runs_to_end: ClassVar[bool] = False  # no `end` key: the phase lasts to the end of the run
+
+    @field_validator("start", "end", mode="before", check_fields=False)
     @classmethod
-    def _check_when(cls, v: When) -> When:
-        if isinstance(v, bool) or v < 0:
+    def _check_when(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, (int, float)) and v < 0):
             raise ValueError("must be an epoch (int >= 0) or a fraction of the run (float in [0, 1])")
         if isinstance(v, float) and v > 1:
             raise ValueError(f"a float is a fraction of the run and must be <= 1; write {int(v)} for an epoch")
         return v
 
+    def events(self, window: Window) -> tuple[tuple[int, ...], list[str]]:
+        """Epochs (within `window`) at whose start the phase acts once, and notes for the user about them."""
+        return (), []
 
-class SparsityConfig(_Section):
+    def schedule_problems(self, windows: dict[str, Window]) -> list[str]:
+        """Rules that depend on this config's values and other phases' windows; each problem is one message."""
+        return []
+
+
+class SparsityConfig(PhaseConfig):
     """Sparsity regularization (network slimming) that drives prunable channels towards zero before pruning."""
 
     method: Literal["bn_l1", "group_lasso"] = Field("bn_l1", description="L1 on BN scales, or group lasso on coupled channel groups")
@@ -50,7 +80,7 @@ class SparsityConfig(_Section):
 class PruneTarget(BaseModel):
     """What the pruned model keeps: a ratio of the starting model's MACs or parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     macs: float | None = Field(None, gt=0, lt=1, description="kept fraction of MACs")
     params: float | None = Field(None, gt=0, lt=1, description="kept fraction of parameters")
@@ -70,11 +100,15 @@ class PruneTarget(BaseModel):
         return self.macs if self.macs is not None else self.params
 
 
-class PruneConfig(_Section):
+class PruneConfig(PhaseConfig):
     """Iterative structured channel pruning with fine-tuning between the steps."""
 
+    needs_ended: ClassVar[dict[str, str]] = {
+        "sparsity": "pruning ranks the channels that sparsity training drove towards zero"
+    }
+
     target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.5), description="ratio of MACs or params to keep")
-    importance: Literal["bn_scale", "l1", "l2", "random"] = Field("bn_scale", description="channel ranking")
+    importance: str = Field("bn_scale", description="channel ranking, a name registered in ultralytics_slim.importance")
     steps: int = Field(4, ge=1, le=100, description="number of pruning steps spread over [start, end)")
     start: When = Field(0.5, description="epoch of the first pruning step")
     end: When = Field(0.8, description="epoch by which the target is reached")
@@ -82,8 +116,30 @@ class PruneConfig(_Section):
     min_channels: int = Field(8, ge=1, description="floor of channels kept in every layer")
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
 
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, v: str) -> str:
+        if v not in IMPORTANCES:
+            close = difflib.get_close_matches(v, list(IMPORTANCES), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown importance.{hint} Valid: {list(IMPORTANCES)}")
+        return v
 
-class DistillConfig(_Section):
+    def events(self, window: Window) -> tuple[tuple[int, ...], list[str]]:
+        """One step per epoch start, spread evenly, so that every step is followed by at least one fine-tuning epoch."""
+        epochs = window.end - window.start
+        steps = min(self.steps, epochs)
+        notes = []
+        if steps < self.steps:
+            notes.append(
+                f"prune.steps={self.steps} does not fit the {epochs} epoch(s) of the pruning window "
+                f"({window.start}-{window.end}): taking {steps} step(s), one per epoch, so that each is followed by "
+                f"fine-tuning; widen the window or lower steps to silence this"
+            )
+        return tuple(window.start + i * epochs // steps for i in range(steps)), notes
+
+
+class DistillConfig(PhaseConfig):
     """Teacher-guided distillation on the detection head's outputs."""
 
     teacher: str = Field("self", description="'self' (the model before pruning) or a checkpoint path")
@@ -93,39 +149,120 @@ class DistillConfig(_Section):
     start: When = Field(0.5, description="first epoch with the teacher")
     end: When = Field(1.0, description="epoch at which distillation stops")
 
+    @field_validator("teacher")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        """Store an existing teacher file as an absolute path, so `resume` from another directory finds it."""
+        return str(Path(v).expanduser().resolve()) if v != "self" and Path(v).expanduser().is_file() else v
 
-class QuantizeConfig(_Section):
+    def schedule_problems(self, windows: dict[str, Window]) -> list[str]:
+        if self.teacher == "self" and "prune" in windows and windows["distill"].start > windows["prune"].start:
+            return [
+                f"'distill.start' (epoch {windows['distill'].start}) is after 'prune.start' (epoch "
+                f"{windows['prune'].start}): teacher 'self' is the model before the first pruning step, so "
+                "distillation must start by then"
+            ]
+        return []
+
+
+class QuantizeConfig(PhaseConfig):
     """INT8 quantization-aware training with nvidia-modelopt; must be the last phase."""
+
+    needs_ended: ClassVar[dict[str, str]] = {
+        "sparsity": "QAT is the last phase",
+        "prune": "QAT is the last phase and quantizes the final, pruned architecture",
+    }
+    runs_to_end: ClassVar[bool] = True
 
     bits: Literal[8] = Field(8, description="only INT8 is supported")
     start: When = Field(0.9, description="first QAT epoch; QAT runs to the end of training")
     calib_batches: int = Field(16, ge=1, description="training batches used to calibrate ranges")
 
 
-class ReportConfig(BaseModel):
+class ReportConfig(_Section):
     """What the end-of-run report measures."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     latency_runs: int = Field(0, ge=0, description="timed CPU forward passes per model; 0 leaves latency out")
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One row of the phase table."""
+
+    key: str  # the recipe section, e.g. "prune"
+    config: type[PhaseConfig]  # its schema
+    technique: str  # "module:Class" of its Technique, imported when a run starts (the schema stays free of torch)
+    extra: str = ""  # the pip extra that installs its optional packages, for the install hint
+
+
+PHASES: dict[str, Phase] = {}  # in acting order within an epoch (the teacher is copied before a pruning step)
+
+
+def register_phase(key: str, config: type[PhaseConfig], technique: str, *, extra: str = "", before: str | None = None) -> Phase:
+    """Add a phase to the table (at the end, or right before the phase `before`) and so to the recipe schema.
+
+    Args:
+        key (str): The recipe section that configures it.
+        config (type[PhaseConfig]): Its config class.
+        technique (str): "module:Class" of its `Technique` subclass, whose `config` must be `config`.
+        extra (str): The pip extra of ultralytics-slim that installs its optional packages, if any.
+        before (str, optional): An existing phase that this one must act before within an epoch.
+
+    Returns:
+        (Phase): The registered row.
+    """
+    if not (isinstance(config, type) and issubclass(config, PhaseConfig)):
+        raise TypeError(f"phase {key!r}: config must be a PhaseConfig subclass, got {config!r}")
+    if key in PHASES or key == "report":
+        raise ValueError(f"phase {key!r} is already registered")
+    if before is not None and before not in PHASES:
+        raise ValueError(f"phase {key!r}: before={before!r} is not a registered phase {list(PHASES)}")
+    phase = Phase(key, config, technique, extra)
+    rows = list(PHASES.items())
+    at = len(rows) if before is None else list(PHASES).index(before)
+    rows.insert(at, (key, phase))
+    PHASES.clear()
+    PHASES.update(rows)
+    return phase
+
+
+def unregister_phase(key: str) -> None:
+    """Remove a phase from the table (the recipe schema follows)."""
+    PHASES.pop(key)
+
+
 class Recipe(BaseModel):
-    """A whole recipe; every section is optional."""
+    """A whole recipe: one optional section per registered phase, plus `report`. Validate with `load_recipe`."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    sparsity: SparsityConfig | None = None
-    prune: PruneConfig | None = None
-    distill: DistillConfig | None = None
-    quantize: QuantizeConfig | None = None
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    def phases(self) -> list[tuple[str, PhaseConfig]]:
+        """The recipe's sections, in acting order."""
+        return [(k, getattr(self, k)) for k in PHASES if getattr(self, k, None) is not None]
 
     @model_validator(mode="after")
     def _not_empty(self) -> Recipe:
-        if not any((self.sparsity, self.prune, self.distill, self.quantize)):
-            raise ValueError("the recipe has no section; use one or more of sparsity, prune, distill, quantize")
+        if not self.phases():
+            raise ValueError(f"the recipe has no section; use one or more of {list(PHASES)}")
         return self
+
+
+@functools.cache
+def _recipe_model(phases: tuple[Phase, ...]) -> type[Recipe]:
+    return create_model("Recipe", __base__=Recipe, **{p.key: (Optional[p.config], None) for p in phases})
+
+
+def recipe_model() -> type[Recipe]:
+    """The Recipe schema of the phases registered now."""
+    return _recipe_model(tuple(PHASES.values()))
+
+
+register_phase("sparsity", SparsityConfig, "ultralytics_slim.techniques.sparsity:SparsityTechnique")
+register_phase("distill", DistillConfig, "ultralytics_slim.techniques.distill:DistillTechnique")
+register_phase("prune", PruneConfig, "ultralytics_slim.techniques.prune:PruneTechnique")
+register_phase("quantize", QuantizeConfig, "ultralytics_slim.techniques.qat:QuantizeTechnique", extra="qat")
 
 
 def shipped_recipes() -> list[str]:
@@ -134,17 +271,23 @@ def shipped_recipes() -> list[str]:
 
 
 def _resolve_path(source: str | Path) -> Path:
-    """A path as given, else a recipe shipped with the package (like Ultralytics resolves `coco8.yaml`)."""
-    path = Path(source)
-    if path.exists():
+    """A file as given; a bare name may also be a recipe shipped with the package (as Ultralytics finds `coco8.yaml`)."""
+    if not str(source).strip():
+        raise SlimConfigError(f"slim={str(source)!r} is empty; give a recipe file or one of {shipped_recipes()}")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise SlimConfigError(f"slim={str(source)!r} is a directory, not a recipe file. Shipped recipes: {shipped_recipes()}.")
+    if path.is_file():
         return path
+    if path.is_absolute() or len(path.parts) > 1:  # a path with a directory part means that file, nothing else
+        raise SlimConfigError(f"slim={str(source)!r}: no such file")
     for name in (path.name, f"{path.name}.yaml"):
-        if (RECIPES_DIR / name).exists():
+        if (RECIPES_DIR / name).is_file():
             return RECIPES_DIR / name
     close = difflib.get_close_matches(path.name, shipped_recipes(), n=3)
     hint = f" Did you mean {close}?" if close else ""
     raise SlimConfigError(
-        f"slim={source!r}: no such file, and no shipped recipe of that name.{hint} "
+        f"slim={str(source)!r}: no such file, and no shipped recipe of that name.{hint} "
         f"Shipped recipes: {shipped_recipes()}."
     )
 
@@ -163,13 +306,13 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _format(error: ValidationError, source: str) -> str:
+def _format(error: ValidationError, source: str, schema: type[Recipe]) -> str:
     """One line per problem: the key path, the bad value, what is allowed and the closest match."""
     lines = [f"invalid slim recipe {source}:"]
     for e in error.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<recipe>"
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Recipe, e["loc"])
+            allowed = _allowed_keys(schema, e["loc"])
             close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             lines.append(f"  '{key}' is not a valid key.{hint} Valid keys: {allowed}")
@@ -177,6 +320,19 @@ def _format(error: ValidationError, source: str) -> str:
             lines.append(f"  '{key}'={e.get('input')!r}: {e['msg']}")
     lines.append(f"See {DOCS}")
     return "\n".join(lines)
+
+
+def _read(path: Path) -> dict:
+    """The YAML mapping in a recipe file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise SlimConfigError(f"invalid slim recipe {path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        raise SlimConfigError(f"invalid slim recipe {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise SlimConfigError(f"invalid slim recipe {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
 
 
 def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
@@ -198,17 +354,18 @@ def load_recipe(source: str | Path | dict | Recipe) -> Recipe:
     """
     if isinstance(source, Recipe):
         return source
-    name = "<dict>"
-    if not isinstance(source, dict):
+    if isinstance(source, dict):
+        name, data = "<dict>", source
+    elif isinstance(source, (str, Path)):
         path = _resolve_path(source)
-        name = str(path)
-        try:
-            source = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SlimConfigError(f"invalid slim recipe {name}: not valid YAML ({e})") from None
-        if not isinstance(source, dict):
-            raise SlimConfigError(f"invalid slim recipe {name}: expected a mapping of sections, got {type(source).__name__}")
+        name, data = str(path), _read(path)
+    else:
+        raise SlimConfigError(
+            f"slim={source!r}: expected a recipe file, the name of a shipped recipe {shipped_recipes()} or a mapping "
+            f"of sections, got {type(source).__name__}"
+        )
+    schema = recipe_model()
     try:
-        return Recipe.model_validate(source)
+        return schema.model_validate(data)
     except ValidationError as e:
-        raise SlimConfigError(_format(e, name)) from None
+        raise SlimConfigError(_format(e, name, schema)) from None

@@ -1,6 +1,8 @@
 """Recipe -> schedule: the recipe's `start`/`end` resolved to epochs and checked against each other and the run.
 
-Pure Python (no torch), so a bad recipe is rejected in milliseconds, before Ultralytics creates a run directory.
+Pure Python (no torch), so a bad recipe is rejected in milliseconds, before Ultralytics creates a run directory. The
+rules are generic: each phase's config declares which phases must end before it starts (`needs_ended`), whether it
+runs to the end of the run (`runs_to_end`), its own value-dependent rules and the epochs at which it acts (`events`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,6 @@ from dataclasses import dataclass
 
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.recipe import Recipe, When
-
-ORDER = ("sparsity", "distill", "prune", "quantize")  # acting order within an epoch: the teacher is copied before a prune
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,11 @@ class Window:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Resolved phase windows of one run; `prune_epochs[i]` is the epoch whose start runs pruning step i."""
+    """Resolved phase windows of one run, the epochs at whose start each phase acts, and notes for the user."""
 
-    epochs: int
     windows: dict[str, Window]
-    prune_epochs: tuple[int, ...] = ()
-
-    def active(self, name: str, epoch: int) -> bool:
-        """Whether phase `name` is active during `epoch`."""
-        return name in self.windows and epoch in self.windows[name]
+    events: dict[str, tuple[int, ...]]
+    notes: tuple[str, ...] = ()
 
 
 def _epoch(when: When, epochs: int) -> int:
@@ -54,44 +50,36 @@ def build_schedule(recipe: Recipe, epochs: int) -> Schedule:
         epochs (int): The run's `epochs`.
 
     Returns:
-        (Schedule): The resolved windows.
+        (Schedule): The resolved windows, event epochs and notes.
 
     Raises:
         SlimConfigError: When a window is empty, ends after the run, or phases overlap in an unsupported way.
     """
     windows: dict[str, Window] = {}
     problems: list[str] = []
-    for name in ORDER:
-        cfg = getattr(recipe, name)
-        if cfg is None:
-            continue
+    for name, cfg in recipe.phases():
         start = _epoch(cfg.start, epochs)
-        end = epochs if name == "quantize" else _epoch(cfg.end, epochs)
-        where = f"{name}.start={cfg.start!r} (epoch {start})" + ("" if name == "quantize" else f", {name}.end={cfg.end!r} (epoch {end})")
+        end = epochs if cfg.runs_to_end else _epoch(cfg.end, epochs)
+        where = f"{name}.start={cfg.start!r} (epoch {start})"
+        if not cfg.runs_to_end:
+            where += f", {name}.end={cfg.end!r} (epoch {end})"
         if start >= end:
-            problems.append(f"'{where}': start must come before end" + (f" and before epochs={epochs}" if name == "quantize" else ""))
+            problems.append(f"'{where}': start must come before end" + (f"={epochs} (epochs)" if cfg.runs_to_end else ""))
         elif end > epochs:
             problems.append(f"'{where}': the phase ends after the run's last epoch (epochs={epochs})")
         windows[name] = Window(start, end)
-
-    def before(a: str, b: str, why: str) -> None:
-        if a in windows and b in windows and windows[a].end > windows[b].start:
-            problems.append(f"'{a}' (epochs {windows[a].start}-{windows[a].end}) must end before '{b}' starts (epoch {windows[b].start}): {why}")
-
-    before("sparsity", "prune", "pruning ranks the channels that sparsity training drove towards zero")
-    before("sparsity", "quantize", "QAT is the last phase")
-    before("prune", "quantize", "QAT is the last phase and quantizes the final, pruned architecture")
-    if recipe.distill and recipe.distill.teacher == "self" and "prune" in windows and windows["distill"].start > windows["prune"].start:
-        problems.append(
-            f"'distill.start' (epoch {windows['distill'].start}) is after 'prune.start' (epoch {windows['prune'].start}): "
-            "teacher 'self' is the model before the first pruning step, so distillation must start by then"
-        )
+    for name, cfg in recipe.phases():
+        for first, why in cfg.needs_ended.items():
+            if first in windows and windows[first].end > windows[name].start:
+                problems.append(
+                    f"'{first}' (epochs {windows[first].start}-{windows[first].end}) must end before '{name}' starts "
+                    f"(epoch {windows[name].start}): {why}"
+                )
+        problems += cfg.schedule_problems(windows)
     if problems:
         raise SlimConfigError("slim recipe does not fit the run:\n  " + "\n  ".join(problems))
-
-    prune_epochs: tuple[int, ...] = ()
-    if recipe.prune:
-        w = windows["prune"]
-        steps = recipe.prune.steps
-        prune_epochs = tuple(w.start + (i * (w.end - w.start)) // steps for i in range(steps))
-    return Schedule(epochs=epochs, windows=windows, prune_epochs=prune_epochs)
+    events, notes = {}, []
+    for name, cfg in recipe.phases():
+        events[name], phase_notes = cfg.events(windows[name])
+        notes += phase_notes
+    return Schedule(windows=windows, events=events, notes=tuple(notes))

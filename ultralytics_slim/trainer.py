@@ -1,9 +1,9 @@
-"""Trainer glue: a mixin that routes Ultralytics' training events to the recipe's techniques, one subclass per task.
+"""Trainer glue: a mixin that hands Ultralytics' training events to the run's controller, one subclass per task.
 
-The mixin adds no training loop of its own. It takes `slim` out of the overrides and validates it before
-`BaseTrainer.__init__` creates the run directory, keeps pruned models from being rebuilt from their yaml, hooks the
-point between AMP unscaling/clipping and the optimizer step (the stock loop fires no event there), and rebuilds optimizer,
-scheduler, EMA and the DDP wrapper after a technique changes the model's structure.
+The mixin adds no training loop of its own, and the order of events is written down in one place: the docstring of
+`ultralytics_slim.controller`. Here: `slim` is taken out of the overrides and validated before `BaseTrainer.__init__`
+creates the run directory, pruned models are kept from being rebuilt from their yaml, the optimizer step is wrapped
+(the stock loop fires no event there), and training state is rebuilt after a technique changes the model's structure.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, strip_qat, unwrap_model
 
-from ultralytics_slim import _patch
-from ultralytics_slim.callbacks import events, tensorboard
+from ultralytics_slim import _patch, markers
 from ultralytics_slim.controller import SlimController
-from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.errors import SlimConfigError, SlimError
 from ultralytics_slim.recipe import load_recipe
 from ultralytics_slim.schedule import build_schedule
 
@@ -38,19 +37,28 @@ PREFIX = colorstr("Slim: ")
 _patch.apply("ultralytics.utils", ultralytics.utils)
 
 
-def _resolve(slim: Any, epochs: int) -> dict[str, Any]:
+def _resolve(slim: Any, epochs: int) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Validate `slim=` (a path, a shipped recipe name, a dict, or the resolved form) into the form stored in args.
 
     The resolved form `{"recipe": {...}, "state": {...}}` is plain data, so it survives `args.yaml`, the
-    checkpoint's `train_args` and the DDP re-launch, and `resume` finds the recipe there.
+    checkpoint's `train_args` and the DDP re-launch, and `resume` finds the recipe there. Also returns the schedule's
+    notes for the user.
     """
     if isinstance(slim, dict) and "recipe" in slim:
         recipe, state = load_recipe(slim["recipe"]), slim.get("state") or {}
     else:
         recipe, state = load_recipe(slim), {}
-    build_schedule(recipe, epochs)  # raises before anything is written
+    notes = build_schedule(recipe, epochs).notes  # raises before anything is written
     SlimController.preflight(recipe)
-    return {"recipe": recipe.model_dump(mode="json", exclude_none=True), "state": state}
+    return {"recipe": recipe.model_dump(mode="json", exclude_none=True), "state": state}, notes
+
+
+def _on_train_epoch_start(trainer: Any) -> None:
+    trainer.slim.on_epoch_start(trainer)
+
+
+def _on_train_end(trainer: Any) -> None:
+    trainer.slim.on_train_end(trainer)
 
 
 class SlimTrainerMixin:
@@ -59,24 +67,23 @@ class SlimTrainerMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         cfg = {**cfg2dict(cfg), "slim": None}
         overrides = dict(overrides or {})
-        slim = overrides.pop("slim", None)
+        slim, notes = overrides.pop("slim", None), ()
         if slim is not None and not overrides.get("resume"):
-            overrides["slim"] = _resolve(slim, int(overrides.get("epochs", cfg["epochs"])))
-            self._new_dir = not get_save_dir(get_cfg(cfg, overrides)).exists()
-        else:
-            self._new_dir = False
+            overrides["slim"], notes = _resolve(slim, int(overrides.get("epochs", cfg["epochs"])))
+        self._new_dir = not overrides.get("resume") and not get_save_dir(get_cfg(cfg, overrides)).exists()
         super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
         self.slim = SlimController.from_args(self.args) if self.args.slim else None
         if self.slim:
             if RANK in {-1, 0}:
                 YAML.save(self.save_dir / "slim.yaml", self.args.slim["recipe"])
-            for module in (events, tensorboard):
-                for event, func in module.callbacks.items():
-                    self.add_callback(event, func)
+                for note in notes:
+                    LOGGER.warning(f"{PREFIX}{note}")
+            self.add_callback("on_train_epoch_start", _on_train_epoch_start)
+            self.add_callback("on_train_end", _on_train_end)
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """Keep a pruned model's architecture; the stock path would rebuild it from the yaml and drop its weights."""
-        if weights is None or not _patch.is_pruned(weights):
+        if weights is None or not markers.is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         nc = self.data["nc"]
         if getattr(weights, "nc", nc) != nc:
@@ -94,44 +101,50 @@ class SlimTrainerMixin:
 
     def _setup_train(self):
         """Stock setup, then attach the techniques (their model checks run here, before epoch 0)."""
-        super()._setup_train()
-        if not self.slim:
-            return
         try:
-            self.slim.setup(self)
-        except SlimConfigError:
-            if self._new_dir:
+            super()._setup_train()
+            if self.slim:
+                self.slim.setup(self)
+        except SlimError:
+            if self._new_dir and RANK in {-1, 0}:
                 shutil.rmtree(self.save_dir, ignore_errors=True)  # leave no half-made run behind
             raise
+        if not self.slim:
+            return
         step = self.scaler.step
 
-        def regularize_then_step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        def step_with_techniques(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
             self.slim.on_grads_unscaled(self)
-            return step(optimizer, *args, **kwargs)
+            result = step(optimizer, *args, **kwargs)
+            self.slim.after_optimizer_step(self)
+            return result
 
-        # Stock optimizer_step: unscale -> clip -> scaler.step. Regularizing here keeps AMP on and the clip (meant for
-        # the task loss) from shrinking the sparsity term.
-        self.scaler.step = regularize_then_step
+        # Stock optimizer_step: unscale -> clip -> scaler.step -> EMA. Regularizing here keeps AMP on and the clip
+        # (meant for the task loss) from shrinking the sparsity term.
+        self.scaler.step = step_with_techniques
 
-    def on_structure_changed(self) -> None:
-        """Rebuild what holds the old tensors: optimizer, LR scheduler, EMA, DDP wrapper, best-fitness tracking."""
+    def optimizer_param_names(self) -> list[list[str]]:
+        """The parameter names of each optimizer group, to re-populate the groups after a structural change."""
+        name_of = {id(p): n for n, p in unwrap_model(self.model).named_parameters()}
+        return [[name_of[id(p)] for p in g["params"] if id(p) in name_of] for g in self.optimizer.param_groups]
+
+    def on_structure_changed(self, groups: list[list[str]]) -> None:
+        """Point the optimizer at the new tensors and rebuild what holds old shapes: EMA, DDP wrapper, best fitness.
+
+        The optimizer, and so the LR scheduler that wraps it, keeps its class, groups and hyperparameters as
+        Ultralytics built them; only its per-parameter state (momentum, Adam moments, of the old shapes) is dropped.
+        """
         model = unwrap_model(self.model)
+        params = dict(model.named_parameters())
+        for group, names in zip(self.optimizer.param_groups, groups):
+            group["params"] = [params.pop(n) for n in names if n in params]
+        if lost := [n for n, p in params.items() if p.requires_grad]:
+            raise RuntimeError(f"trainable parameters left out of the optimizer after a structural change: {lost[:5]}")
+        self.optimizer.state.clear()
         if self.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index], find_unused_parameters=True
             )
-        accumulate = max(round(self.args.nbs / self.batch_size), 1)
-        iterations = -(-len(self.train_loader.dataset) // max(self.batch_size, self.args.nbs)) * self.epochs
-        self.optimizer = self.build_optimizer(
-            model=model,
-            name=self.args.optimizer,
-            lr=self.args.lr0,
-            momentum=self.args.momentum,
-            decay=self.args.weight_decay * self.batch_size * accumulate / self.args.nbs,
-            iterations=iterations,
-        )
-        self._setup_scheduler()
-        self.scheduler.last_epoch = self.epoch - 1  # the loop steps it to self.epoch right after this event
         self.ema = ModelEMA(model)
         self.best_fitness, self.stopper = None, EarlyStopping(patience=self.args.patience)  # best.pt: final shape only
 
@@ -142,9 +155,9 @@ class SlimTrainerMixin:
         return super().save_model()
 
     def save_metrics(self, metrics: dict) -> None:
-        """Add the plugin's figures (sparsity, params, GFLOPs, ...) as results.csv columns."""
+        """Add the plugin's figures (sparsity, params, GFLOPs, ...) as results.csv columns and TensorBoard scalars."""
         if self.slim:
-            metrics = {**metrics, **self.slim.epoch_metrics(self)}
+            metrics = {**metrics, **self.slim.on_epoch_metrics(self)}
         super().save_metrics(metrics)
 
 

@@ -2,7 +2,9 @@
 
 When Ultralytics' TensorBoard logging is on, its writer (`ultralytics.utils.callbacks.tensorboard.WRITER`) is reused
 so everything lands in one event file; otherwise the plugin writes its own event file into the run directory, since
-monitoring is a feature of the plugin, not of a setting.
+monitoring is a feature of the plugin, not of a setting. The controller calls `log_epoch` once per trained epoch (from
+`save_metrics`, so the final validation of best.pt, which Ultralytics reports as an extra `on_fit_epoch_end`, adds no
+step) and `close` at the end of training.
 """
 
 from __future__ import annotations
@@ -31,30 +33,27 @@ def _writer(trainer: Any):
     return trainer._slim_writer
 
 
-def on_fit_epoch_end(trainer: Any) -> None:
-    """Scalars recorded by the controller for this epoch, channels per layer, and per-layer |gamma| histograms."""
-    if not trainer.slim.last_metrics:
-        return
+def log_epoch(trainer: Any, metrics: dict[str, float]) -> None:
+    """The epoch's plugin figures, channels per layer, and per-layer |gamma| histograms, at step epoch + 1."""
     writer = _writer(trainer)
-    scalars = dict(trainer.slim.last_metrics)
+    step = trainer.epoch + 1
+    scalars = dict(metrics)
     if writer is getattr(trainer, "_slim_writer", None) and trainer.tloss and "distill" in trainer.tloss:
         scalars["train/distill"] = float(trainer.tloss["distill"])  # Ultralytics' writer logs its loss items itself
     for k, v in scalars.items():
-        writer.add_scalar(k, v, trainer.epoch + 1)
+        writer.add_scalar(k, v, step)
     model = unwrap_model(trainer.ema.ema if trainer.ema else trainer.model)
     if trainer.slim.technique("prune"):
         for name, channels in pruning.channel_counts(model).items():
-            writer.add_scalar(f"slim/channels/{name}", channels, trainer.epoch + 1)
+            writer.add_scalar(f"slim/channels/{name}", channels, step)
     for name, gamma in monitor.batchnorm_gammas(model).items():
-        writer.add_histogram(f"slim/gamma/{name}", gamma, trainer.epoch + 1)
+        if gamma.numel() and bool(gamma.isfinite().all()):  # a diverged run must not crash the monitor
+            writer.add_histogram(f"slim/gamma/{name}", gamma, step)
     writer.flush()
 
 
-def on_train_end(trainer: Any) -> None:
+def close(trainer: Any) -> None:
     """Close the plugin's own writer (Ultralytics closes its own)."""
     if getattr(trainer, "_slim_writer", None) is not None:
         trainer._slim_writer.close()
         trainer._slim_writer = None
-
-
-callbacks = {"on_fit_epoch_end": on_fit_epoch_end, "on_train_end": on_train_end}

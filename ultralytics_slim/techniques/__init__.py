@@ -1,12 +1,7 @@
-"""One module per technique, each registered under the recipe key it reads."""
+"""One module per technique; the phase table in `ultralytics_slim.recipe` names each one and its config."""
 
 from __future__ import annotations
 
-from ultralytics_slim.techniques.base import TECHNIQUES, Technique, register
+from ultralytics_slim.techniques.base import Technique, technique_class
 
-__all__ = ("TECHNIQUES", "Technique", "load_all", "register")
-
-
-def load_all() -> None:
-    """Import every technique module so that each registers itself."""
-    from ultralytics_slim.techniques import distill, prune, qat, sparsity  # noqa: F401
+__all__ = ("Technique", "technique_class")

@@ -1,26 +1,15 @@
-"""The interface every technique implements, and the registry that maps recipe keys to technique classes."""
+"""The interface every technique implements; `technique_class` resolves a phase's technique and checks it."""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ultralytics_slim.errors import SlimDependencyError
+
 if TYPE_CHECKING:
-    from pydantic import BaseModel
-
+    from ultralytics_slim.recipe import Phase, PhaseConfig
     from ultralytics_slim.schedule import Schedule
-
-TECHNIQUES: dict[str, type[Technique]] = {}
-
-
-def register(name: str):
-    """Class decorator: register a technique under the recipe section it reads."""
-
-    def wrap(cls: type[Technique]) -> type[Technique]:
-        cls.name = name
-        TECHNIQUES[name] = cls
-        return cls
-
-    return wrap
 
 
 class Technique:
@@ -30,15 +19,17 @@ class Technique:
     picklable data: it travels in the checkpoint's `train_args` and comes back through `load_state` on resume.
     """
 
-    name: ClassVar[str]
+    config: ClassVar[type[PhaseConfig]]  # the config class of the phase it implements (checked against the table)
 
-    def __init__(self, cfg: BaseModel, schedule: Schedule):
+    def __init__(self, name: str, cfg: PhaseConfig, schedule: Schedule):
+        self.name = name
         self.cfg = cfg
         self.schedule = schedule
-        self.window = schedule.windows[self.name]
+        self.window = schedule.windows[name]
+        self.events = schedule.events[name]  # epochs at whose start the technique acts once
 
     @classmethod
-    def preflight(cls, cfg: BaseModel) -> None:
+    def preflight(cls, cfg: PhaseConfig) -> None:
         """Checks that need neither model nor data (optional packages, files); run before any run directory exists."""
 
     def check(self, trainer: Any) -> None:
@@ -54,7 +45,11 @@ class Technique:
     def on_grads_unscaled(self, trainer: Any) -> None:
         """Modify gradients after AMP unscaling and clipping, right before the optimizer step."""
 
+    def after_optimizer_step(self, trainer: Any) -> None:
+        """Modify weights right after the optimizer step (e.g. a proximal step), before the EMA update."""
+
     def metrics(self, trainer: Any) -> dict[str, float]:
+        """Per-epoch figures for results.csv and TensorBoard; the same keys every epoch."""
         return {}
 
     def state(self) -> dict[str, Any]:
@@ -63,3 +58,26 @@ class Technique:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore what `state` returned."""
+
+
+def technique_class(phase: Phase) -> type[Technique]:
+    """Import a phase's technique and check that it implements that phase's config.
+
+    Raises:
+        SlimDependencyError: A package the technique imports is missing; the message gives the install command.
+        TypeError: The table names something that is not a Technique of the phase's config (a registration bug).
+    """
+    module, _, name = phase.technique.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name == module or e.name.startswith("ultralytics_slim"):
+            raise
+        extra = f"[{phase.extra}]" if phase.extra else ""
+        raise SlimDependencyError(
+            f"the recipe section '{phase.key}' needs the package '{e.name}', which is not installed. "
+            f'Install it with: pip install "ultralytics-slim{extra}"'
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Technique)) or getattr(cls, "config", None) is not phase.config:
+        raise TypeError(f"phase '{phase.key}': {phase.technique} must be a Technique with config = {phase.config.__name__}")
+    return cls

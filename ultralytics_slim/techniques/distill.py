@@ -24,7 +24,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.recipe import DistillConfig
-from ultralytics_slim.techniques.base import Technique, register
+from ultralytics_slim.techniques.base import Technique
 
 PREFIX = colorstr("Slim distill: ")
 RAW_KEYS_SKIPPED = {"feats"}  # neck features: their width differs between a pruned student and its teacher
@@ -82,14 +82,15 @@ class DistillCriterion:
         return None
 
 
-@register("distill")
 class DistillTechnique(Technique):
     """Distil a frozen teacher (the model before pruning, or a larger checkpoint) into the student."""
 
+    config = DistillConfig
+
     cfg: DistillConfig
 
-    def __init__(self, cfg: DistillConfig, schedule: Any):
-        super().__init__(cfg, schedule)
+    def __init__(self, name: str, cfg: DistillConfig, schedule: Any):
+        super().__init__(name, cfg, schedule)
         self.teacher: nn.Module | None = None
         self.epoch = 0
 

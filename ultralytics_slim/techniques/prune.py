@@ -10,25 +10,26 @@ from __future__ import annotations
 from typing import Any
 
 from ultralytics.utils import LOGGER, RANK, colorstr
-from ultralytics.utils.torch_utils import get_flops, get_num_params, unwrap_model
+from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from ultralytics_slim import pruning
-from ultralytics_slim._patch import PRUNED_KEY
 from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.markers import PRUNED_KEY
 from ultralytics_slim.recipe import PruneConfig
-from ultralytics_slim.techniques.base import Technique, register
+from ultralytics_slim.techniques.base import Technique
 
 PREFIX = colorstr("Slim prune: ")
 
 
-@register("prune")
 class PruneTechnique(Technique):
     """Remove whole channels towards a MACs or params target, with fine-tuning epochs between the steps."""
 
+    config = PruneConfig
+
     cfg: PruneConfig
 
-    def __init__(self, cfg: PruneConfig, schedule: Any):
-        super().__init__(cfg, schedule)
+    def __init__(self, name: str, cfg: PruneConfig, schedule: Any):
+        super().__init__(name, cfg, schedule)
         self.base: float | None = None  # MACs or params of the model before the first step
         self.done = 0  # steps already taken
         self.history: list[dict[str, Any]] = []  # one entry per step, for the console, TensorBoard and the report
@@ -61,14 +62,14 @@ class PruneTechnique(Technique):
 
     def on_epoch_start(self, trainer: Any) -> bool:
         """Take the steps scheduled for this epoch."""
-        due = [i for i, e in enumerate(self.schedule.prune_epochs) if e <= trainer.epoch and i >= self.done]
+        due = [i for i, e in enumerate(self.events) if e <= trainer.epoch and i >= self.done]
         if not due:
             return False
         model = unwrap_model(trainer.model)
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
         for i in due:
-            target = self.base * self.cfg.target.ratio ** ((i + 1) / self.cfg.steps)
+            target = self.base * self.cfg.target.ratio ** ((i + 1) / len(self.events))
             result = pruning.prune_to(
                 model, self.cfg.target.kind, target, importance=self.cfg.importance, seed=i, **self._kwargs()
             )
@@ -79,28 +80,36 @@ class PruneTechnique(Technique):
                     "epoch": trainer.epoch,
                     "macs": result.macs_after,
                     "params": result.params_after,
+                    "params_before": result.params_before,
+                    # a later step at the same epoch starts from the previous step's model
+                    "gflops_before": self.history[-1]["gflops"] if i > due[0] else round(gflops_before, 3),
+                    "gflops": round(get_flops(model), 3),
+                    "cut": {  # what this step did: layer -> [channels before, after], changed layers only
+                        n: [result.channels_before[n], c]
+                        for n, c in result.channels_after.items()
+                        if result.channels_before.get(n, c) != c
+                    },
                     "seconds": round(result.seconds, 2),
                 }
             )
         model.yaml[PRUNED_KEY] = True
         if RANK in {-1, 0}:
-            self._summary(model, result, gflops_before)
+            self._summary()
         return True
 
-    def _summary(self, model: Any, result: pruning.PruneResult, gflops_before: float) -> None:
-        """One screen: params and GFLOPs before/after, the ratio reached, the most-pruned layers."""
-        value = result.macs_after if self.cfg.target.kind == "macs" else result.params_after
-        first, after = self.start_channels, result.channels_after
-        worst = sorted(after, key=lambda n: after[n] / first.get(n, after[n]))[:5]
-        LOGGER.info(
-            f"{PREFIX}step {self.done}/{self.cfg.steps} at epoch {self.history[-1]['epoch'] + 1}: "
-            f"{result.params_before / 1e6:.2f}M -> {get_num_params(model) / 1e6:.2f}M params, "
-            f"{gflops_before:.2f} -> {get_flops(model):.2f} GFLOPs, "
-            f"{self.cfg.target.kind} at {value / self.base:.1%} of start (this step "
-            f"{self.cfg.target.ratio ** (self.done / self.cfg.steps):.1%}, final {self.cfg.target.ratio:.0%}) "
-            f"in {result.seconds:.1f}s\n"
-            + "\n".join(f"{'':>14}{n:<28} {first.get(n, after[n]):>5} -> {after[n]:>5} channels" for n in worst)
-        )
+    def _summary(self) -> None:
+        """One line per step taken at this epoch start, with its own before/after figures and its largest cuts."""
+        n, kind, epoch = len(self.events), self.cfg.target.kind, self.history[-1]["epoch"]
+        for h in (h for h in self.history if h["epoch"] == epoch):
+            cuts = sorted(h["cut"].items(), key=lambda kv: (kv[1][1] / kv[1][0], kv[1][1] - kv[1][0]))
+            LOGGER.info(
+                f"{PREFIX}step {h['step']}/{n} at epoch {epoch + 1}: "
+                f"{h['params_before'] / 1e6:.2f}M -> {h['params'] / 1e6:.2f}M params, "
+                f"{h['gflops_before']:.2f} -> {h['gflops']:.2f} GFLOPs, {kind} at {h[kind] / self.base:.1%} of start "
+                f"(this step's target {self.cfg.target.ratio ** (h['step'] / n):.1%}, "
+                f"final {self.cfg.target.ratio:.0%}) in {h['seconds']:.1f}s\n{'':>14}this step cut {len(cuts)} layers"
+                + (", most: " + ", ".join(f"{name} {a} -> {b}" for name, (a, b) in cuts[:4]) if cuts else "")
+            )
 
     def metrics(self, trainer: Any) -> dict[str, float]:
         return {"slim/prune_steps": float(self.done)}

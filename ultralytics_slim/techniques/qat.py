@@ -20,7 +20,7 @@ from ultralytics.utils.torch_utils import is_qat, prepare_qat, unwrap_model
 
 from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
 from ultralytics_slim.recipe import QuantizeConfig
-from ultralytics_slim.techniques.base import Technique, register
+from ultralytics_slim.techniques.base import Technique
 
 PREFIX = colorstr("Slim: ")
 INSTALL = 'pip install "ultralytics-slim[qat]"'
@@ -37,9 +37,10 @@ def require_modelopt() -> None:
         ) from None
 
 
-@register("quantize")
 class QuantizeTechnique(Technique):
     """Insert ModelOpt INT8 fake-quantization once, at the start of the quantize window; it stays to the end."""
+
+    config = QuantizeConfig
 
     @classmethod
     def preflight(cls, cfg: QuantizeConfig) -> None:

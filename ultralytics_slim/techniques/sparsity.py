@@ -12,7 +12,7 @@ import torch
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultralytics_slim.recipe import SparsityConfig
-from ultralytics_slim.techniques.base import Technique, register
+from ultralytics_slim.techniques.base import Technique
 
 
 def _rows(p: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
@@ -20,14 +20,15 @@ def _rows(p: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return p.index_select(dim, idx).transpose(0, dim).flatten(1)
 
 
-@register("sparsity")
 class SparsityTechnique(Technique):
     """Drive the channels that pruning may remove towards zero, so that removing them costs little accuracy."""
 
+    config = SparsityConfig
+
     cfg: SparsityConfig
 
-    def __init__(self, cfg: SparsityConfig, schedule: Any):
-        super().__init__(cfg, schedule)
+    def __init__(self, name: str, cfg: SparsityConfig, schedule: Any):
+        super().__init__(name, cfg, schedule)
         self._targets: list | None = None  # BN layers or channel groups, found once the model exists
 
     def strength(self, epoch: int) -> float:

@@ -1,0 +1,13 @@
+"""Constants shared by the start-up patch and the techniques; imports nothing of the package, so no cycle can form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRUNED_KEY = "slim_pruned"  # set in a pruned model's `yaml`: its widths no longer follow the yaml's scale
+
+
+def is_pruned(model: Any) -> bool:
+    """Whether a model was pruned by ultralytics-slim and must not be rebuilt from its yaml."""
+    yaml = getattr(model, "yaml", None)
+    return isinstance(yaml, dict) and bool(yaml.get(PRUNED_KEY))
