@@ -21,7 +21,7 @@ import torch.nn as nn
 from ultralytics.nn.modules import C2PSA, Attention, C2f, Detect
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
-from ultralytics_slim import pruning
+from ultralytics_slim import monitor, pruning
 from ultralytics_slim.errors import SlimConfigError
 
 IMGSZ = 64
@@ -176,7 +176,7 @@ def test_tasks(cfg: str, kind: str, ratio: float, importance: str, ignore: list[
     model = build(cfg).eval()
     x = torch.rand(2, 3, IMGSZ, IMGSZ)
     shapes = [t.shape for t in train_outputs(model, x)]
-    channels = pruning.channel_counts(model)
+    channels = monitor.channel_counts(model)
     target = ratio * pruning.count_macs_params(model)[kind == "params"]
     r = pruning.prune_to(model, kind, target, importance=importance, ignore=ignore)
     after = r.macs_after if kind == "macs" else r.params_after
@@ -195,7 +195,7 @@ def test_deterministic() -> None:
     before, pruned, _ = pruned_detect("yolov8n.yaml")
     again = copy.deepcopy(before)
     pruning.prune_to(again, "macs", 0.5 * pruning.count_macs_params(again)[0])
-    assert pruning.channel_counts(again) == pruning.channel_counts(pruned)
+    assert monitor.channel_counts(again) == monitor.channel_counts(pruned)
     for (n, a), b in zip(again.state_dict().items(), pruned.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
 
@@ -205,7 +205,7 @@ def test_random_importance_follows_seed() -> None:
     target = 0.5 * pruning.count_macs_params(models[0])[0]
     for m, seed in zip(models, (3, 3, 4)):
         pruning.prune_to(m, "macs", target, importance="random", seed=seed)
-    counts = [pruning.channel_counts(m) for m in models]
+    counts = [monitor.channel_counts(m) for m in models]
     assert counts[0] == counts[1] != counts[2]
 
 

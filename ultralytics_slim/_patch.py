@@ -13,7 +13,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from ultralytics_slim.markers import is_pruned
+from ultralytics_slim.markers import is_pruned, register_slim_key
 
 
 def _resumes_slim_run(model: Any, resume: Any) -> bool:
@@ -62,6 +62,6 @@ def _patch_train(model_cls: type) -> None:
 def apply(name: str, module: Any) -> None:
     """Patch the Ultralytics module `name` that has just been executed."""
     if name == "ultralytics.utils":
-        module.DEFAULT_CFG_DICT.setdefault("slim", None)
+        register_slim_key(module)
     elif name == "ultralytics.engine.model":
         _patch_train(module.Model)

@@ -1,4 +1,4 @@
-"""Constants shared by the start-up patch and the techniques; imports nothing of the package, so no cycle can form."""
+"""What the start-up patch, the trainer and the techniques share; imports nothing of the package, so no cycle forms."""
 
 from __future__ import annotations
 
@@ -11,3 +11,8 @@ def is_pruned(model: Any) -> bool:
     """Whether a model was pruned by ultralytics-slim and must not be rebuilt from its yaml."""
     yaml = getattr(model, "yaml", None)
     return isinstance(yaml, dict) and bool(yaml.get(PRUNED_KEY))
+
+
+def register_slim_key(utils: Any) -> None:
+    """Make `slim` a known key of Ultralytics' default config (`ultralytics.utils`), so its CLI accepts `slim=`."""
+    utils.DEFAULT_CFG_DICT.setdefault("slim", None)

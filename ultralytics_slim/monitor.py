@@ -21,3 +21,12 @@ def gamma_stats(model: nn.Module) -> dict[str, float]:
         **{f"slim/bn_sparsity@{t:g}": float((g < t).float().mean()) for t in THRESHOLDS},
         "slim/bn_gamma_mean": float(g.mean()),
     }
+
+
+def channel_counts(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution and linear layer by module name (for reports and TensorBoard)."""
+    return {
+        name: m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    }

@@ -31,6 +31,7 @@ from ultralytics.nn.modules import C2, C2PSA, PSA, Attention, C2f, Conv, Detect,
 
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.importance import IMPORTANCES
+from ultralytics_slim.monitor import channel_counts
 
 
 _UNSET = object()
@@ -53,15 +54,6 @@ def count_macs_params(model: nn.Module, imgsz: int = 64) -> tuple[float, int]:
         areas = _layer_areas(model, imgsz)
     macs = sum(_Layer.of(m, areas.get(m, 0.0)).macs() for m in model.modules() if isinstance(m, (_CONV, nn.Linear)))
     return float(macs), sum(p.numel() for p in model.parameters())
-
-
-def channel_counts(model: nn.Module) -> dict[str, int]:
-    """Output channels of every Conv2d/Linear by module name (for reports/TensorBoard)."""
-    return {
-        name: m.out_channels if isinstance(m, _CONV) else m.out_features
-        for name, m in model.named_modules()
-        if isinstance(m, (_CONV, nn.Linear))
-    }
 
 
 def prunable_batchnorms(model: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.BatchNorm2d]]:

@@ -25,7 +25,7 @@ from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML, colorstr
 from ultralytics.utils.torch_utils import EarlyStopping, ModelEMA, strip_qat, unwrap_model
 
-from ultralytics_slim import _patch, markers
+from ultralytics_slim import markers
 from ultralytics_slim.controller import SlimController
 from ultralytics_slim.errors import SlimConfigError, SlimError
 from ultralytics_slim.recipe import load_recipe
@@ -34,7 +34,7 @@ from ultralytics_slim.schedule import build_schedule
 PREFIX = colorstr("Slim: ")
 # Validators re-check the trainer's args against Ultralytics' defaults: `slim` must be known there even when the
 # start-up hook did not run (e.g. the plugin is on the path but not installed).
-_patch.apply("ultralytics.utils", ultralytics.utils)
+markers.register_slim_key(ultralytics.utils)
 
 
 def _resolve(slim: Any, epochs: int) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -85,10 +85,11 @@ class SlimTrainerMixin:
         """Keep a pruned model's architecture; the stock path would rebuild it from the yaml and drop its weights."""
         if weights is None or not markers.is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        nc = self.data["nc"]
-        if getattr(weights, "nc", nc) != nc:
+        nc, head_nc = self.data["nc"], weights.model[-1].nc  # the head's own count: what its output layers were built for
+        if head_nc != nc:
+            self._discard_new_run()  # `Model.train` calls get_model before `train()`, outside `_setup_train`
             raise SlimConfigError(
-                f"model={self.args.model} is a pruned model with nc={weights.nc}, but data={self.args.data} has "
+                f"model={self.args.model} is a pruned model with nc={head_nc}, but data={self.args.data} has "
                 f"nc={nc}; a pruned model keeps its head, so train it on data with the same classes"
             )
         model = deepcopy(weights).float()
@@ -106,8 +107,7 @@ class SlimTrainerMixin:
             if self.slim:
                 self.slim.setup(self)
         except SlimError:
-            if self._new_dir and RANK in {-1, 0}:
-                shutil.rmtree(self.save_dir, ignore_errors=True)  # leave no half-made run behind
+            self._discard_new_run()
             raise
         if not self.slim:
             return
@@ -122,6 +122,11 @@ class SlimTrainerMixin:
         # Stock optimizer_step: unscale -> clip -> scaler.step -> EMA. Regularizing here keeps AMP on and the clip
         # (meant for the task loss) from shrinking the sparsity term.
         self.scaler.step = step_with_techniques
+
+    def _discard_new_run(self) -> None:
+        """Leave no half-made run behind when a check fails before epoch 0 (never a directory that existed before)."""
+        if self._new_dir and RANK in {-1, 0}:
+            shutil.rmtree(self.save_dir, ignore_errors=True)
 
     def optimizer_param_names(self) -> list[list[str]]:
         """The parameter names of each optimizer group, to re-populate the groups after a structural change."""

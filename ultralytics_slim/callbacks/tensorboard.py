@@ -14,7 +14,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ultralytics_slim import monitor, pruning
+from ultralytics_slim import monitor
 
 PREFIX = colorstr("Slim TensorBoard: ")
 
@@ -44,7 +44,7 @@ def log_epoch(trainer: Any, metrics: dict[str, float]) -> None:
         writer.add_scalar(k, v, step)
     model = unwrap_model(trainer.ema.ema if trainer.ema else trainer.model)
     if trainer.slim.technique("prune"):
-        for name, channels in pruning.channel_counts(model).items():
+        for name, channels in monitor.channel_counts(model).items():
             writer.add_scalar(f"slim/channels/{name}", channels, step)
     for name, gamma in monitor.batchnorm_gammas(model).items():
         if gamma.numel() and bool(gamma.isfinite().all()):  # a diverged run must not crash the monitor

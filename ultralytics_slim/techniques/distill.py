@@ -58,6 +58,12 @@ def head_distill_loss(student: Any, teacher: Any, temperature: float = 1.0) -> t
     return loss
 
 
+def _head(model: nn.Module) -> str:
+    """The head's class, and whether it is end-to-end: what decides the layout of the outputs that are distilled."""
+    head = model.model[-1]
+    return type(head).__name__ + (" (end-to-end)" if getattr(head, "end2end", False) else "")
+
+
 class DistillCriterion:
     """The model's criterion plus the distillation term, reported as its own loss column ('distill').
 
@@ -105,14 +111,17 @@ class DistillTechnique(Technique):
             raise SlimConfigError(f"distill.teacher={cfg.teacher!r} is not a readable Ultralytics checkpoint: {e}") from None
 
     def check(self, trainer: Any) -> None:
-        """A teacher checkpoint must match the student's task, classes and input channels; then it is adopted."""
+        """A teacher checkpoint must match the student's head, classes and input channels; then it is adopted.
+
+        The head is compared by its module class, not by a task name, which a checkpoint without `train_args` lacks.
+        """
         if self.cfg.teacher == "self":
             return
         teacher = load_checkpoint(self.cfg.teacher)[0]
         student = unwrap_model(trainer.model)
-        ours = (getattr(trainer.args, "task", None), dict(trainer.data["names"]), student.yaml.get("channels", 3))
-        theirs = (getattr(teacher, "task", None), dict(teacher.names), teacher.yaml.get("channels", 3))
-        for what, a, b in zip(("task", "classes", "input channels"), ours, theirs):
+        ours = (_head(student), dict(trainer.data["names"]), student.yaml.get("channels", 3))
+        theirs = (_head(teacher), dict(teacher.names), teacher.yaml.get("channels", 3))
+        for what, a, b in zip(("head", "classes", "input channels"), ours, theirs):
             if a != b:
                 raise SlimConfigError(f"distill.teacher={self.cfg.teacher!r} has {what} {b}, the student has {a}")
         self._adopt(teacher, trainer)

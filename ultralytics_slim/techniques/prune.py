@@ -12,7 +12,7 @@ from typing import Any
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
-from ultralytics_slim import pruning
+from ultralytics_slim import monitor, pruning
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.markers import PRUNED_KEY
 from ultralytics_slim.recipe import PruneConfig
@@ -58,7 +58,7 @@ class PruneTechnique(Technique):
             model = unwrap_model(trainer.model)
             macs, params = pruning.count_macs_params(model)
             self.base = macs if self.cfg.target.kind == "macs" else float(params)
-            self.start_channels = pruning.channel_counts(model)
+            self.start_channels = monitor.channel_counts(model)
 
     def on_epoch_start(self, trainer: Any) -> bool:
         """Take the steps scheduled for this epoch."""
