@@ -6,7 +6,13 @@ import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+import pickletools  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import zipfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -45,3 +51,63 @@ def train_args(tmp_path: Path, name: str = "run", **kwargs) -> dict:
 def cli(args: dict) -> list[str]:
     """The same arguments as `key=value` words for the `yolo` command."""
     return [f"{k}={v}" for k, v in args.items()]
+
+
+# Prepended to code run in a child interpreter: from there on, importing ultralytics_slim fails as if it were not
+# installed, and the start-up hook's patches are gone; proves a checkpoint or export needs nothing of the plugin.
+BLOCK_PLUGIN = """
+import sys
+class Block:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.partition(".")[0] == "ultralytics_slim":
+            raise ImportError("ultralytics-slim is not installed here")
+sys.meta_path[:] = [Block] + [f for f in sys.meta_path if getattr(f, "__module__", "").partition(".")[0] != "ultralytics_slim"]
+for m in [m for m in sys.modules if m.partition(".")[0] == "ultralytics_slim"]:
+    del sys.modules[m]
+"""
+
+
+class Interrupt(Exception):
+    """Raised from a callback to cut a run short, as a crash or Ctrl-C would."""
+
+
+def interrupt_at(epoch: int) -> Callable[[Any], None]:
+    """A callback that raises Interrupt once the trainer reaches `epoch` (register it on the event to cut at)."""
+
+    def stop(trainer: Any) -> None:
+        if trainer.epoch == epoch:
+            raise Interrupt
+
+    return stop
+
+
+def run_yolo(*words: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the stock `yolo` console script, as a user would."""
+    exe = shutil.which("yolo")
+    assert exe, "the `yolo` command is not on PATH"
+    return subprocess.run([exe, *words], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def events(run_dir: Path) -> tuple[set[str], set[str]]:
+    """Scalar and histogram tags of the TensorBoard event files in a run directory."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    return set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
+
+
+def pickled_modules(path: Path) -> set[str]:
+    """Top-level packages of every class a checkpoint's pickle refers to."""
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    mods, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE"}:
+            strings.append(arg)
+        elif op.name == "STACK_GLOBAL":
+            mods.add(strings[-2].split(".")[0])
+        elif op.name == "GLOBAL":
+            mods.add(arg.split(" ")[0].split(".")[0])
+    return mods

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,30 +13,14 @@ import yaml
 from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
 
-from conftest import cli, train_args
+from conftest import Interrupt, cli, events, interrupt_at, run_yolo, train_args
 from ultralytics_slim import SlimDetectionTrainer
 from ultralytics_slim.data import make_dataset
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.monitor import gamma_stats
 
-YOLO_CLI = shutil.which("yolo")
 # Settings that make the L1 term visible in a few dozen steps: plain SGD, no warmup, one step per batch.
 FAST_SGD = {"optimizer": "SGD", "lr0": 0.02, "momentum": 0.0, "warmup_epochs": 0, "batch": 2, "nbs": 2}
-
-
-def run_yolo(*words: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the stock `yolo` console script, as a user would."""
-    assert YOLO_CLI, "the `yolo` command is not on PATH"
-    return subprocess.run([YOLO_CLI, *words], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def events(run_dir: Path) -> tuple[set[str], set[str]]:
-    """Scalar and histogram tags of the TensorBoard event files in a run directory."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"histograms": 0, "scalars": 0})
-    acc.Reload()
-    return set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +72,24 @@ def test_cli_typo_is_still_rejected_by_ultralytics(tmp_path, detect_data):
     assert re.search(r"'slimm' is not a valid YOLO argument.*\bslim\b", r.stdout + r.stderr, re.S)
 
 
-def test_python_path_records_recipe_for_resume(tmp_path, detect_data):
+def test_python_path_records_recipe_and_resume_uses_it(tmp_path, detect_data):
+    """The resolved recipe lands in slim.yaml, args.yaml and the checkpoint; `resume` finds it there and continues."""
     model = YOLO("yolov8n.yaml")
-    model.train(**train_args(tmp_path, data=detect_data, epochs=1), slim="sparsity.yaml")
+    model.add_callback("on_model_save", interrupt_at(0))  # stop right after epoch 0's checkpoint
+    with pytest.raises(Interrupt):
+        model.train(**train_args(tmp_path, data=detect_data, epochs=2), slim={"sparsity": {"strength": 3e-4, "end": 2}})
     assert isinstance(model.trainer, SlimDetectionTrainer)
     run = tmp_path / "run"
-    assert yaml.safe_load((run / "slim.yaml").read_text())["sparsity"]["method"] == "bn_l1"
-    assert yaml.safe_load((run / "args.yaml").read_text())["slim"]["recipe"]["sparsity"]["strength"] == 1e-4
-    ckpt = torch.load(run / "weights" / "last.pt", weights_only=False)
-    assert ckpt["train_args"]["slim"]["recipe"]["sparsity"]["end"] == 0.8
+    assert yaml.safe_load((run / "slim.yaml").read_text())["sparsity"]["strength"] == 3e-4
+    assert yaml.safe_load((run / "args.yaml").read_text())["slim"]["recipe"]["sparsity"]["strength"] == 3e-4
+    last = run / "weights" / "last.pt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+
+    resumed = YOLO(last)
+    resumed.train(resume=True)  # no slim= given: the recipe comes from the checkpoint
+    assert isinstance(resumed.trainer, SlimDetectionTrainer)
+    assert resumed.trainer.slim.recipe.sparsity.strength == 3e-4
+    assert len((run / "results.csv").read_text().splitlines()) == 3  # header + epochs 1 and 2
 
 
 def test_python_bad_recipe_raises_and_writes_nothing(tmp_path, detect_data):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pickletools
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +11,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import get_num_params
 
-from conftest import cli, train_args
-from test_plugin import run_yolo
+from conftest import BLOCK_PLUGIN, Interrupt, cli, interrupt_at, pickled_modules, run_yolo, train_args
 from ultralytics_slim import pruning
 from ultralytics_slim.data import make_dataset
 from ultralytics_slim.errors import SlimConfigError
@@ -22,38 +19,10 @@ from ultralytics_slim.errors import SlimConfigError
 # One pruning step at the start of epoch 1 of 2, straight to half the MACs.
 ONE_STEP = {"prune": {"target": {"macs": 0.5}, "steps": 1, "start": 1, "end": 2}}
 MODEL_FOR_TASK = {"segment": "yolo11n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolo26n-obb.yaml", "classify": "yolo11n-cls.yaml"}
-BLOCK_PLUGIN = """
-import sys
-class Block:
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name.startswith("ultralytics_slim"):
-            raise ImportError("ultralytics-slim is not installed here")
-sys.meta_path[:] = [Block] + [f for f in sys.meta_path if getattr(f, "__name__", "") != "_Finder"]
-for m in [m for m in sys.modules if m.startswith("ultralytics_slim")]:
-    del sys.modules[m]
-"""
 
 
 def macs_ratio(before: torch.nn.Module, after: torch.nn.Module) -> float:
     return pruning.count_macs_params(after)[0] / pruning.count_macs_params(before)[0]
-
-
-def pickled_modules(path: Path) -> set[str]:
-    """Top-level packages of every class a checkpoint's pickle refers to."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as z:
-        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
-    mods, strings = set(), []
-    for op, arg, _ in pickletools.genops(data):
-        if op.name in {"SHORT_BINUNICODE", "BINUNICODE", "UNICODE"}:
-            strings.append(arg)
-        elif op.name == "STACK_GLOBAL":
-            mods.add(strings[-2].split(".")[0])
-        elif op.name == "GLOBAL":
-            mods.add(arg.split(" ")[0].split(".")[0])
-    return mods
 
 
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
@@ -115,15 +84,8 @@ def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data
 
     YOLO("yolov8n.yaml").train(**{**args, "name": "full"}, slim=recipe)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop(trainer):
-        if trainer.epoch == 2:  # after epoch 1, i.e. after the first pruning step and its fine-tune epoch
-            raise Interrupt
-
     model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_epoch_start", stop)
+    model.add_callback("on_train_epoch_start", interrupt_at(2))  # after the first pruning step and its fine-tune epoch
     with pytest.raises(Interrupt):
         model.train(**{**args, "name": "cut"}, slim=recipe)
     last = tmp_path / "cut" / "weights" / "last.pt"

@@ -21,6 +21,7 @@ import torch.nn as nn
 from ultralytics.nn.modules import C2PSA, Attention, C2f, Detect
 from ultralytics.nn.tasks import ClassificationModel, DetectionModel, OBBModel, PoseModel, SegmentationModel
 
+from conftest import BLOCK_PLUGIN
 from ultralytics_slim import monitor, pruning
 from ultralytics_slim.errors import SlimConfigError
 
@@ -244,20 +245,7 @@ def test_helpers_leave_the_model_alone() -> None:
             assert idx.dtype == torch.long and len(idx) == len(g[0][2]) and int(idx.max()) < p.shape[dim]
 
 
-_FRESH = r"""
-import sys
-
-class Block:  # prove the checkpoint needs nothing from ultralytics_slim
-    @staticmethod
-    def find_spec(name, path=None, target=None):
-        if name.partition(".")[0] == "ultralytics_slim":
-            raise ImportError("ultralytics_slim is blocked in this process")
-
-plugin = [f for f in sys.meta_path if getattr(f, "__module__", "").startswith("ultralytics_slim")]
-sys.meta_path[:] = [Block] + [f for f in sys.meta_path if f not in plugin]
-for k in [k for k in sys.modules if k.startswith("ultralytics_slim")]:
-    del sys.modules[k]
-
+_FRESH = BLOCK_PLUGIN + r"""
 import numpy as np
 import onnxruntime as ort
 import torch

@@ -21,12 +21,11 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils.torch_utils import is_qat, strip_qat
 
-from conftest import train_args
+from conftest import Interrupt, interrupt_at, train_args
 from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
 from ultralytics_slim.export import main as export_cli
-from ultralytics_slim.recipe import load_recipe
+from ultralytics_slim.recipe import PHASES, load_recipe
 from ultralytics_slim.schedule import build_schedule
-from ultralytics_slim.recipe import PHASES
 from ultralytics_slim.techniques import technique_class
 from ultralytics_slim.techniques.qat import QuantizeTechnique, _fold_weight_qdq, export_int8_onnx
 
@@ -125,8 +124,15 @@ def test_int8_onnx_stores_weights_as_int8_with_unchanged_outputs(onnx_files: Sim
 
 
 def test_int8_onnx_validates_with_stock_yolo_val(onnx_files: SimpleNamespace, tmp_path: Path, detect_data: str) -> None:
-    metrics = YOLO(onnx_files.int8).val(data=detect_data, imgsz=IMGSZ, plots=False, device="cpu", project=str(tmp_path))
-    assert "metrics/mAP50-95(B)" in metrics.results_dict
+    """Stock `val` and `predict` read the INT8 file and see what the stock Q/DQ export of the same ranges sees."""
+    kwargs = {"data": detect_data, "imgsz": IMGSZ, "plots": False, "device": "cpu", "project": str(tmp_path)}
+    int8, qdq = (YOLO(f).val(**kwargs).results_dict for f in (onnx_files.int8, onnx_files.qdq))
+    assert set(int8) == set(qdq) and all(np.isfinite(v) for v in int8.values())
+    assert all(abs(int8[k] - qdq[k]) < 1e-3 for k in int8), (int8, qdq)
+    image = next((Path(detect_data).parent / "images" / "val").glob("*"))
+    boxes = [YOLO(f).predict(image, imgsz=IMGSZ, conf=0.001, device="cpu", verbose=False)[0].boxes for f in (onnx_files.int8, onnx_files.qdq)]
+    assert len(boxes[0]) == len(boxes[1]) > 0  # an untrained head still proposes boxes at conf 0.001
+    np.testing.assert_allclose(boxes[0].xyxy.numpy(), boxes[1].xyxy.numpy(), atol=0.5)
 
 
 def test_weight_folding_rounds_and_saturates_as_onnx_quantizelinear(tmp_path: Path) -> None:
@@ -186,15 +192,8 @@ def test_export_refuses_float_checkpoint_and_other_formats(tmp_path: Path) -> No
 def test_recipe_starts_qat_mid_run_and_resume_keeps_it(tmp_path: Path, detect_data: str, monkeypatch) -> None:
     """Through the trainer glue: float epoch 0, QAT from epoch 1, interrupted, resumed without re-preparing."""
 
-    class Interrupt(Exception):
-        pass
-
-    def interrupt_after_epoch_1(trainer) -> None:
-        if trainer.epoch == 1:
-            raise Interrupt
-
     model = YOLO("yolov8n.yaml")
-    model.add_callback("on_model_save", interrupt_after_epoch_1)
+    model.add_callback("on_model_save", interrupt_at(1))  # right after epoch 1's checkpoint
     recipe = {"quantize": {"start": 1, "calib_batches": 2}}
     with pytest.raises(Interrupt):
         model.train(**train_args(tmp_path, data=detect_data, epochs=3), slim=recipe)

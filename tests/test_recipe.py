@@ -13,7 +13,12 @@ from ultralytics_slim.schedule import build_schedule
 def test_shipped_recipes_are_valid_for_typical_runs(name):
     recipe = load_recipe(name)
     for epochs in (10, 100, 300):
-        build_schedule(recipe, epochs)
+        s = build_schedule(recipe, epochs)
+        assert set(s.windows) == {k for k, _ in recipe.phases()}
+        assert all(0 <= w.start < w.end <= epochs for w in s.windows.values())
+        steps = s.events.get("prune", ())
+        assert len(set(steps)) == len(steps) and all(e in s.windows["prune"] for e in steps)
+        assert not s.notes or epochs == 10  # only the shortest run lacks an epoch per pruning step
 
 
 def test_shipped_recipe_resolves_by_name_like_ultralytics_data():

@@ -13,9 +13,7 @@ import torch
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import get_num_params
 
-from conftest import cli, train_args
-from test_plugin import run_yolo
-from test_prune_train import BLOCK_PLUGIN
+from conftest import BLOCK_PLUGIN, cli, run_yolo, train_args
 from ultralytics_slim import export_int8_onnx, load_recipe
 from ultralytics_slim.recipe import shipped_recipes
 

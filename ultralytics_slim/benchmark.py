@@ -1,29 +1,34 @@
-"""CPU latency of a PyTorch model, as the end-of-run report measures it (benchmarks/run.py times ONNX files itself,
-interleaving all models so they share the machine's noise)."""
+"""The one latency timer: batch-1 wall times of several models, interleaved so that they share the machine's noise.
+
+The end-of-run report times PyTorch models with it; `benchmarks/run.py` times ONNX files in onnxruntime and OpenVINO.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 
-def median_ms(fn: Callable[[], object], runs: int = 50, warmup: int = 5) -> float:
-    """Median wall time of `fn()` in milliseconds, after warm-up calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+def interleaved_ms(fns: Sequence[Callable[[], object]], runs: int = 50, warmup: int = 5) -> list[list[float]]:
+    """Wall times (ms) of each of `fns`: every round runs each once, starting at a different one each round."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for i in range(runs):
+        for j in order[i % len(fns) :] + order[: i % len(fns)]:
+            t = time.perf_counter()
+            fns[j]()
+            times[j].append((time.perf_counter() - t) * 1e3)
+    return times
 
 
 def torch_latency_ms(model: torch.nn.Module, imgsz: int, runs: int = 50, threads: int = 2) -> float:
-    """Batch-1 CPU latency of a PyTorch model in eval mode (BatchNorm fused where the model can fuse)."""
+    """Median batch-1 CPU latency of a PyTorch model in eval mode (BatchNorm fused where the model can fuse)."""
     model = model.float().cpu().eval()
     if hasattr(model, "fuse"):
         model = model.fuse(verbose=False)
@@ -32,6 +37,6 @@ def torch_latency_ms(model: torch.nn.Module, imgsz: int, runs: int = 50, threads
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return median_ms(lambda: model(x), runs)
+            return statistics.median(interleaved_ms([lambda: model(x)], runs)[0])
     finally:
         torch.set_num_threads(previous)
