@@ -137,6 +137,26 @@ def test_detect_half_macs_exact(cfg: str) -> None:
             model.eval()(x)
 
 
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_kept_channels_map_pruned_features_to_the_unpruned_model(cfg: str) -> None:
+    """What feature distillation from `teacher: self` relies on: student channel j is the teacher's kept[j]."""
+    from ultralytics_slim.techniques.distill import _feature_bns, _feats, feature_distill_loss
+
+    before, model, r = pruned_detect(cfg)
+    assert r.kept and all(len(idx) == r.channels_after[n.removesuffix(".bn") + ".conv"] for n, idx in r.kept.items())
+    assert all(idx == sorted(set(idx)) for idx in r.kept.values())
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        t_feats, s_feats = (_feats(copy.deepcopy(m).train()(x)) for m in (before, model))
+    kept = [r.kept.get(n) for n in _feature_bns(model)]
+    assert any(k is not None for k in kept)
+    for t, s, idx in zip(t_feats, s_feats, kept):
+        torch.testing.assert_close(s, t if idx is None else t[:, idx], atol=1e-4, rtol=1e-4)
+    assert float(feature_distill_loss(s_feats, t_feats, kept)) < 1e-6
+    shuffled = [None if k is None else k[1:] + k[:1] for k in kept]  # a wrong mapping must cost something
+    assert float(feature_distill_loss(s_feats, t_feats, shuffled)) > 1e-3
+
+
 def assert_same_outputs(before: nn.Module, model: nn.Module) -> None:
     """Pruning only dead channels leaves every head output unchanged, in train and in eval mode."""
     x = torch.rand(2, 3, IMGSZ, IMGSZ)

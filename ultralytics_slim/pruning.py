@@ -118,6 +118,7 @@ class PruneResult:
     channels_before: dict[str, int] = field(repr=False)
     channels_after: dict[str, int] = field(repr=False)
     seconds: float
+    kept: dict[str, list[int]] = field(default_factory=dict, repr=False)  # BN name -> surviving channel indices
 
 
 def prune_to(
@@ -148,7 +149,7 @@ def prune_to(
     if importance not in IMPORTANCES:
         raise SlimConfigError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}")
     t0 = time.perf_counter()
-    channels0 = channel_counts(model)
+    channels0, signatures0 = channel_counts(model), _bn_signatures(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     with _twinned(model) as twins:
         an = _analyze(model, ignore, imgsz, twins)
@@ -170,8 +171,36 @@ def prune_to(
             if hasattr(m, "np") and hasattr(m, "f"):  # Ultralytics layer summary attribute
                 m.np = sum(p.numel() for p in m.parameters())
     macs1, params1 = count_macs_params(model, imgsz)
-    result = PruneResult(macs0, macs1, params0, params1, channels0, channel_counts(model), time.perf_counter() - t0)
-    return result
+    kept = _kept_channels(signatures0, _bn_signatures(model)) if plan else {}
+    return PruneResult(macs0, macs1, params0, params1, channels0, channel_counts(model), time.perf_counter() - t0, kept)
+
+
+def _bn_signatures(model: nn.Module) -> dict[str, torch.Tensor]:
+    """(weight, bias, running mean, running var) of each BN channel: pruning selects rows of these, never changes them."""
+    return {
+        n: torch.stack([m.weight, m.bias, m.running_mean, m.running_var], 1).detach().float().cpu()
+        for n, m in model.named_modules()
+        if isinstance(m, _BN) and m.affine and m.track_running_stats
+    }
+
+
+def _kept_channels(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """Which channels of each narrowed BN survived: its rows after pruning are an ordered subsequence of those before."""
+    kept = {}
+    for name, b in before.items():
+        a = after.get(name)
+        if a is None or len(a) == len(b):
+            continue
+        idx, j = [], 0
+        for row in a:
+            while j < len(b) and not torch.equal(b[j], row):
+                j += 1
+            if j == len(b):
+                raise RuntimeError(f"{name}: a channel left after pruning has no source channel")
+            idx.append(j)
+            j += 1
+        kept[name] = idx
+    return kept
 
 
 # -------------------------------------------------------------------------------------------------- split-free twins

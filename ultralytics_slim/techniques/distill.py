@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
@@ -64,6 +65,42 @@ def _head(model: nn.Module) -> str:
     return type(head).__name__ + (" (end-to-end)" if getattr(head, "end2end", False) else "")
 
 
+def feature_distill_loss(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], kept: list[list[int] | None], temperature: float = 1.0
+) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., 2021) of the neck features the head reads, against the same channels.
+
+    Each channel's activations become a distribution over its spatial positions (softmax at `temperature`) and the
+    student's is pulled towards the teacher's (KL): where a channel fires matters, not its scale, so a student in
+    training-mode BatchNorm and a teacher in eval mode compare fairly. For `teacher: self` the student's channels are
+    a subset of the teacher's (`kept`, recorded by the pruning steps), so no projector is needed.
+    """
+    losses = []
+    for s, t, idx in zip(student, teacher, kept):
+        t = t if idx is None else t[:, idx]
+        s_log = F.log_softmax(s.float().flatten(2) / temperature, 2)
+        t_log = F.log_softmax(t.float().flatten(2) / temperature, 2)
+        losses.append((t_log.exp() * (t_log - s_log)).sum(2).mean() * temperature**2)
+    return sum(losses) / len(losses)
+
+
+def _feats(preds: dict) -> list[torch.Tensor]:
+    """The neck features a training-mode Detect-family head returns beside its outputs."""
+    return preds.get("one2many", preds)["feats"]
+
+
+def _feature_bns(model: nn.Module) -> list[str]:
+    """The BN that produces each feature map the head reads: its channel indices are what pruning records."""
+    names = []
+    for j in model.model[-1].f:
+        layer = model.model[j]
+        conv = layer.cv2 if hasattr(layer, "cv2") and hasattr(layer.cv2, "bn") else layer
+        if not hasattr(conv, "bn"):
+            raise SlimConfigError(f"distill.loss=feature: cannot map the channels of model.{j} ({type(layer).__name__})")
+        names.append(f"model.{j}.{'cv2.' if conv is not layer else ''}bn")
+    return names
+
+
 class DistillCriterion:
     """The model's criterion plus the distillation term, reported as its own loss column ('distill').
 
@@ -77,6 +114,7 @@ class DistillCriterion:
     def __call__(self, preds: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, items = self.criterion(preds, batch)
         extra = self.technique.loss(preds, batch)
+        self.technique.record(float(loss.detach().sum()), float(extra.detach()) * batch["img"].shape[0])
         return torch.cat([loss.reshape(-1), extra.reshape(1) * batch["img"].shape[0]]), {**items, "distill": extra.detach()}
 
     def __getattr__(self, name: str) -> Any:
@@ -99,6 +137,9 @@ class DistillTechnique(Technique):
         super().__init__(name, cfg, schedule)
         self.teacher: nn.Module | None = None
         self.epoch = 0
+        self._bns: list[str] = []  # per head input: the BN whose kept channels map student features to the teacher's
+        self._prune: Any = None  # the run's prune technique, which records the kept channels
+        self._sums = [0.0, 0.0]  # this epoch's task and distillation loss, for the distillation's share
 
     @classmethod
     def preflight(cls, cfg: DistillConfig) -> None:
@@ -143,6 +184,10 @@ class DistillTechnique(Technique):
     def setup(self, trainer: Any) -> None:
         """Wrap the criterion; on resume, reload a `self` teacher from the snapshot kept in weights/teacher.pt."""
         model = unwrap_model(trainer.model)
+        if "feature" in self.cfg.loss:
+            if not isinstance(model.model[-1], Detect):
+                raise SlimConfigError(f"distill.loss={self.cfg.loss!r} needs a Detect-family head, not {_head(model)}")
+            self._bns, self._prune = _feature_bns(model), trainer.slim.technique("prune")
         model.criterion = DistillCriterion(getattr(model, "criterion", None) or model.init_criterion(), self)
         if self.cfg.teacher == "self" and trainer.start_epoch > self.window.start and self._teacher_file(trainer).exists():
             self._adopt(load_checkpoint(self._teacher_file(trainer))[0], trainer)
@@ -164,4 +209,21 @@ class DistillTechnique(Technique):
             return torch.zeros((), device=batch["img"].device)  # tuple: an eval-mode forward (e.g. QAT calibration)
         with torch.no_grad():
             t_preds = self.teacher(batch["img"])
-        return self.cfg.weight * head_distill_loss(preds, t_preds, self.cfg.temperature)
+        loss = torch.zeros((), device=batch["img"].device)
+        if "head" in self.cfg.loss:
+            loss = loss + head_distill_loss(preds, t_preds, self.cfg.temperature)
+        if "feature" in self.cfg.loss:
+            kept = [self._prune.kept.get(n) if self._prune else None for n in self._bns]
+            loss = loss + feature_distill_loss(_feats(preds), _feats(t_preds), kept, self.cfg.temperature)
+        return self.cfg.weight * loss
+
+    def record(self, task: float, distill: float) -> None:
+        """Accumulate one batch's task and distillation loss (the share says whether distillation can matter)."""
+        self._sums[0] += task
+        self._sums[1] += distill
+
+    def metrics(self, trainer: Any) -> dict[str, float]:
+        """The distillation's share of the total training loss this epoch (0 outside the phase)."""
+        task, distill = self._sums
+        self._sums = [0.0, 0.0]
+        return {"slim/distill_share": distill / (task + distill) if task + distill else 0.0}
