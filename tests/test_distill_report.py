@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -10,9 +11,8 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils.torch_utils import get_num_params
 
-from conftest import train_args
-from test_plugin import events, run_yolo
-from test_prune_train import pickled_modules
+from conftest import Interrupt, events, interrupt_at, pickled_modules, run_yolo, train_args
+from ultralytics_slim import monitor
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.techniques.distill import head_distill_loss
 
@@ -24,17 +24,9 @@ CHAIN = {
 }
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_prune_with_self_teacher_resume_and_report(tmp_path, detect_data):
-    def stop(trainer):
-        if trainer.epoch == 2:
-            raise Interrupt
-
     model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_epoch_start", stop)
+    model.add_callback("on_train_epoch_start", interrupt_at(2))
     with pytest.raises(Interrupt):
         model.train(**train_args(tmp_path, data=detect_data, epochs=3), slim=CHAIN)
     run = tmp_path / "run"
@@ -61,7 +53,17 @@ def test_prune_with_self_teacher_resume_and_report(tmp_path, detect_data):
     assert float(final["GFLOPs"]) < 0.6 * float(start["GFLOPs"])
     assert float(final["latency_ms"]) > 0
     report = (run / "report.md").read_text()
-    assert "x smaller" in report and "start" in report and "final" in report
+    for row in (start, final):  # the table holds the figures of report.csv
+        assert re.search(rf"^\| {row['model']} \| .*\| {row['params']} \| ", report, re.M)
+    assert "x smaller" in report
+    # read from the run's start (the resumed process was given last.pt), so the report knows it began untrained
+    assert "The starting model was untrained (model=yolov8n.yaml builds random weights" in report
+    assert re.search(r"^\| 1 \| 2 \| 3\.01 -> ", report, re.M)  # step 1, at the start of epoch 2, from 3.01M params
+    layers = dict(re.findall(r"^\| (model\.\S+) \| \d+ \| (\d+) \|", report, re.M))
+    assert {n: int(c) for n, c in layers.items()} == monitor.channel_counts(load_checkpoint(best)[0])
+    start_pt = run / "weights" / "start.pt"
+    n0, n1 = (sum(map(len, monitor.batchnorm_gammas(load_checkpoint(p)[0]).values())) for p in (start_pt, best))
+    assert f"pruning removed {1 - n1 / n0:.1%} of them" in report  # counted on best.pt, not on the copy timed fused
     for png in ("report_channels.png", "report_gamma.png", "report_curves.png"):
         assert (run / png).stat().st_size > 1000
 

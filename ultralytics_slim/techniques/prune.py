@@ -34,6 +34,7 @@ class PruneTechnique(Technique):
         self.done = 0  # steps already taken
         self.history: list[dict[str, Any]] = []  # one entry per step, for the console, TensorBoard and the report
         self.start_channels: dict[str, int] = {}
+        self.kept: dict[str, list[int]] = {}  # BN name -> its channels' indices in the model before the first step
 
     def _kwargs(self) -> dict[str, Any]:
         c = self.cfg
@@ -74,6 +75,8 @@ class PruneTechnique(Technique):
                 model, self.cfg.target.kind, target, importance=self.cfg.importance, seed=i, **self._kwargs()
             )
             self.done = i + 1
+            for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
+                self.kept[n] = [self.kept[n][j] for j in idx] if n in self.kept else idx
             self.history.append(
                 {
                     "step": self.done,
@@ -115,10 +118,17 @@ class PruneTechnique(Technique):
         return {"slim/prune_steps": float(self.done)}
 
     def state(self) -> dict[str, Any]:
-        return {"base": self.base, "done": self.done, "history": self.history, "start_channels": self.start_channels}
+        return {
+            "base": self.base,
+            "done": self.done,
+            "history": self.history,
+            "start_channels": self.start_channels,
+            "kept": self.kept,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.base = state.get("base")
         self.done = state.get("done", 0)
         self.history = list(state.get("history", []))
         self.start_channels = dict(state.get("start_channels", {}))
+        self.kept = dict(state.get("kept", {}))
