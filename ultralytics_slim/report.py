@@ -209,14 +209,16 @@ def _steps(r: _Run, start_map: float) -> list[str]:
     groups, last = r.step_groups(), max(r.results, default=0)
     if not groups:
         return []
+    timed = "latency" in groups[0][1][-1]  # a latency target: each step's measured latency
     lines = [
         "## Pruning steps",
         "",
         "Val mAP50-95: *before* is the last validation before the step, *after* the one at the end of the step's epoch "
         "(one epoch of fine-tuning), *later* the last one before the next step or at the end of the run.",
         "",
-        "| step | at epoch | params (M) | GFLOPs | mAP50-95 before | after | later | recovered after the drop |",
-        "|---|---|---|---|---|---|---|---|",
+        "| step | at epoch | params (M) | GFLOPs | mAP50-95 before | after | later | recovered after the drop |"
+        + (" latency (ms) |" if timed else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if timed else ""),
     ]
     for k, (epoch, steps) in enumerate(groups):
         later_epoch = groups[k + 1][0] if k + 1 < len(groups) else last
@@ -240,6 +242,7 @@ def _steps(r: _Run, start_map: float) -> list[str]:
                 f"{later:.3f} (epoch {later_epoch})",
                 f"{(later - after) * 100:+.1f} pts{share}",
             ]
+        cells += [f"{steps[-1]['latency']:.1f}"] if timed else []
         lines.append("| " + " | ".join(cells) + " |")
     first, end = r.val(groups[0][0], start_map), r.val(last, start_map)
     during = [(v, e) for e in range(groups[0][0] + 1, last + 1) if (v := r.val(e, start_map)) is not None]

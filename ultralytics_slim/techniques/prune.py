@@ -1,24 +1,29 @@
 """Iterative structured channel pruning: torch-pruning's dependency graph, stepped through the schedule.
 
 The graph surgery lives in `ultralytics_slim.pruning`; this module decides when and how far to prune. Step i of n
-keeps `ratio ** ((i + 1) / n)` of the starting model's MACs (or params), so every step removes the same fraction of
-what is left and the last step lands on the target. Pruning acts on the EMA weights (what Ultralytics would save).
+keeps `ratio ** ((i + 1) / n)` of the starting model's MACs, params or latency, so every step removes the same
+fraction of what is left and the last step lands on the target. A latency target is reached by a search over MACs
+targets, each candidate exported to ONNX and timed in the named runtime on this machine. Pruning acts on the EMA
+weights (what Ultralytics would save).
 """
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
+import torch.distributed as dist
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
-from ultralytics_slim import monitor, pruning
+from ultralytics_slim import latency, monitor, pruning
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.markers import PRUNED_KEY
 from ultralytics_slim.recipe import PruneConfig
 from ultralytics_slim.techniques.base import Technique
 
 PREFIX = colorstr("Slim prune: ")
+SEARCH_STEPS = 5  # latency-target candidates measured per step (each: prune a copy, export, time)
 
 
 class PruneTechnique(Technique):
@@ -30,7 +35,8 @@ class PruneTechnique(Technique):
 
     def __init__(self, name: str, cfg: PruneConfig, schedule: Any):
         super().__init__(name, cfg, schedule)
-        self.base: float | None = None  # MACs or params of the model before the first step
+        self.base: float | None = None  # MACs, params or latency (ms) of the model before the first step
+        self.imgsz = 0  # deployment image size of a latency target
         self.done = 0  # steps already taken
         self.history: list[dict[str, Any]] = []  # one entry per step, for the console, TensorBoard and the report
         self.start_channels: dict[str, int] = {}
@@ -40,9 +46,15 @@ class PruneTechnique(Technique):
         c = self.cfg
         return {"round_to": c.round_to, "min_channels": c.min_channels, "ignore": c.ignore}
 
+    @classmethod
+    def preflight(cls, cfg: PruneConfig) -> None:
+        """A latency target needs its runtime installed."""
+        if cfg.target.kind == "latency":
+            latency.require_runtime(cfg.target.runtime or "onnxruntime")
+
     def check(self, trainer: Any) -> None:
         """Reject a target the floors and `ignore` cannot reach, naming the smallest reachable ratio."""
-        if self.done:
+        if self.done or self.cfg.target.kind == "latency":  # latency: the search reports what it could reach
             return
         kind, ratio = self.cfg.target.kind, self.cfg.target.ratio
         floor = pruning.min_keep_ratio(unwrap_model(trainer.model), kind, **self._kwargs())
@@ -55,11 +67,53 @@ class PruneTechnique(Technique):
 
     def setup(self, trainer: Any) -> None:
         """Measure the starting model once; on resume the measurement comes from the checkpoint."""
+        self.imgsz = self.cfg.target.imgsz or trainer.args.imgsz
         if self.base is None:
             model = unwrap_model(trainer.model)
             macs, params = pruning.count_macs_params(model)
-            self.base = macs if self.cfg.target.kind == "macs" else float(params)
+            kind = self.cfg.target.kind
+            self.base = macs if kind == "macs" else float(params) if kind == "params" else self._latency(model)
             self.start_channels = monitor.channel_counts(model)
+            if kind == "latency" and RANK in {-1, 0}:
+                LOGGER.info(f"{PREFIX}starting latency {self.base:.1f} ms ({self._where()})")
+
+    def _where(self) -> str:
+        return f"{self.cfg.target.runtime or 'onnxruntime'}, imgsz {self.imgsz}, batch 1, 2 threads, this machine"
+
+    def _latency(self, model: Any) -> float:
+        """Deployed latency, measured on rank 0 and shared, so that every DDP rank takes the same decision."""
+        ms = [latency.deployed_latency_ms(model, self.cfg.target.runtime or "onnxruntime", self.imgsz) if RANK in {-1, 0} else 0.0]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast_object_list(ms, 0)
+        return ms[0]
+
+    def _macs_for_latency(self, model: Any, goal: float, seed: int) -> tuple[float, float]:
+        """The MACs target whose pruned model runs in at most `goal` ms (closest from below), and its latency.
+
+        Latency follows MACs only roughly (per-op overheads, channel counts a kernel likes), so candidates are pruned
+        on a copy and timed: a proportional first guess, then bisection refined by the measured ratio.
+        """
+        macs = pruning.count_macs_params(model)[0]
+        now = self._latency(model)
+        if now <= goal:
+            return macs, now
+        lo, hi = pruning.min_keep_ratio(model, "macs", **self._kwargs()), 1.0
+        r, best = max(goal / now, lo), (lo, float("inf"))
+        for _ in range(SEARCH_STEPS):
+            candidate = deepcopy(model)
+            pruning.prune_to(candidate, "macs", r * macs, importance=self.cfg.importance, seed=seed, **self._kwargs())
+            ms = self._latency(candidate)
+            if ms <= goal:
+                lo, best = r, (r, ms) if best[1] > goal or r > best[0] else best
+                if ms >= 0.97 * goal:
+                    break
+            else:
+                hi = r
+            guess = r * goal / ms  # latency ~ MACs near the goal
+            r = guess if lo < guess < hi else (lo + hi) / 2
+        if best[1] > goal and RANK in {-1, 0}:
+            LOGGER.warning(f"{PREFIX}no candidate reached {goal:.1f} ms; taking the smallest model the floors allow")
+        return best[0] * macs, best[1]
 
     def on_epoch_start(self, trainer: Any) -> bool:
         """Take the steps scheduled for this epoch."""
@@ -70,9 +124,11 @@ class PruneTechnique(Technique):
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
         for i in due:
-            target = self.base * self.cfg.target.ratio ** ((i + 1) / len(self.events))
+            kind, target = self.cfg.target.kind, self.base * self.cfg.target.ratio ** ((i + 1) / len(self.events))
+            if kind == "latency":
+                target, ms = self._macs_for_latency(model, target, seed=i)
             result = pruning.prune_to(
-                model, self.cfg.target.kind, target, importance=self.cfg.importance, seed=i, **self._kwargs()
+                model, "macs" if kind == "latency" else kind, target, importance=self.cfg.importance, seed=i, **self._kwargs()
             )
             self.done = i + 1
             for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
@@ -93,6 +149,7 @@ class PruneTechnique(Technique):
                         if result.channels_before.get(n, c) != c
                     },
                     "seconds": round(result.seconds, 2),
+                    **({"latency": round(ms, 3)} if kind == "latency" else {}),
                 }
             )
         model.yaml[PRUNED_KEY] = True
@@ -110,12 +167,17 @@ class PruneTechnique(Technique):
                 f"{h['params_before'] / 1e6:.2f}M -> {h['params'] / 1e6:.2f}M params, "
                 f"{h['gflops_before']:.2f} -> {h['gflops']:.2f} GFLOPs, {kind} at {h[kind] / self.base:.1%} of start "
                 f"(this step's target {self.cfg.target.ratio ** (h['step'] / n):.1%}, "
-                f"final {self.cfg.target.ratio:.0%}) in {h['seconds']:.1f}s\n{'':>14}this step cut {len(cuts)} layers"
+                f"final {self.cfg.target.ratio:.0%}) in {h['seconds']:.1f}s"
+                + (f", {h['latency']:.1f} ms ({self._where()})" if "latency" in h else "")
+                + f"\n{'':>14}this step cut {len(cuts)} layers"
                 + (", most: " + ", ".join(f"{name} {a} -> {b}" for name, (a, b) in cuts[:4]) if cuts else "")
             )
 
     def metrics(self, trainer: Any) -> dict[str, float]:
-        return {"slim/prune_steps": float(self.done)}
+        out = {"slim/prune_steps": float(self.done)}
+        if self.cfg.target.kind == "latency":  # the last measured latency: no timing between steps
+            out["slim/latency_ms"] = self.history[-1]["latency"] if self.history else float(self.base or 0.0)
+        return out
 
     def state(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,76 @@
+"""Latency of a model as it is deployed: exported to ONNX the way Ultralytics exports it, timed in a CPU runtime.
+
+Used by the `prune: {target: {latency: r}}` search, which measures candidates on the machine that trains (run the
+trainer where you deploy, or accept it as a proxy), and timed with the package's one timer (`benchmark.py`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+import tempfile
+from collections.abc import Callable
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from ultralytics.nn.modules import C2f, Classify, Detect
+from ultralytics.utils.export.engine import torch2onnx
+
+from ultralytics_slim.benchmark import interleaved_ms
+from ultralytics_slim.errors import SlimDependencyError
+
+RUNTIMES = {"onnxruntime": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}  # module, pip name
+
+
+def require_runtime(runtime: str) -> None:
+    """Fail before any work when the runtime to measure on is not installed."""
+    module, pip = RUNTIMES[runtime]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise SlimDependencyError(f"prune.target.runtime={runtime!r} needs {pip}. Install it with: pip install {pip}") from None
+
+
+def export_onnx(model: nn.Module, imgsz: int, path: Path) -> Path:
+    """A copy of `model` exported as `yolo export format=onnx` would: fused, export-mode head, split-based C2f."""
+    model = deepcopy(model).float().cpu().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = model.fuse(verbose=False) if hasattr(model, "fuse") else model
+    for m in model.modules():
+        if isinstance(m, (Detect, Classify)):
+            m.export, m.format = True, "onnx"
+        if isinstance(m, Detect):
+            m.dynamic, m.shape = False, None
+        elif isinstance(m, C2f):
+            m.forward = m.forward_split
+    x = torch.zeros(1, model.yaml.get("channels", 3), imgsz, imgsz)
+    return Path(torch2onnx(model, x, path, opset=17))
+
+
+def runner(onnx: Path, runtime: str, imgsz: int, threads: int = 2) -> Callable[[], object]:
+    """A batch-1 inference call of an ONNX file in `runtime` (CPU, `threads` threads)."""
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda: session.run(None, {name: x})
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(onnx), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+def deployed_latency_ms(model: nn.Module, runtime: str, imgsz: int, runs: int = 30, threads: int = 2) -> float:
+    """Median batch-1 latency (ms) of `model` exported to ONNX and run in `runtime` on this machine's CPU."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fn = runner(export_onnx(model, imgsz, Path(tmp) / "model.onnx"), runtime, imgsz, threads)
+        return statistics.median(interleaved_ms([fn], runs)[0])
