@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 from torch import nn
@@ -96,21 +97,92 @@ def export_int8_onnx(weights: str | Path, imgsz: int = 640, **kwargs: Any) -> Pa
         ValueError: If `weights` is not a QAT checkpoint or `format` is not 'onnx'.
         SlimDependencyError: If nvidia-modelopt is not installed.
     """
+    if (fmt := kwargs.pop("format", "onnx")) != "onnx":
+        raise ValueError(f"export_int8_onnx writes ONNX only, got format={fmt!r}")
+    return _export_qdq_onnx(weights, imgsz, "onnx", **kwargs)[0]
+
+
+def export_int8_openvino(weights: str | Path, imgsz: int = 640, **kwargs: Any) -> Path:
+    """Export a QAT checkpoint to an OpenVINO model directory that runs its convolutions in INT8 with the learned ranges.
+
+    The stock exporter refuses OpenVINO for a QAT model, and its `quantize=8` OpenVINO export of a float model
+    re-calibrates with NNCF. OpenVINO's ONNX frontend instead reads the Q/DQ graph of `export_int8_onnx` as
+    FakeQuantize ops with the trained ranges and INT8 weights, and its CPU plugin then runs the quantized convolutions
+    in INT8. The directory has the stock layout (`best_int8_openvino_model/` holding `best.xml`, `best.bin` and
+    `metadata.yaml`), so `YOLO(dir)` and `yolo val model=dir` use it like any Ultralytics OpenVINO export.
+
+    Args:
+        weights (str | Path): A checkpoint written by a QAT run, e.g. `runs/detect/train/weights/best.pt`.
+        imgsz (int): Input image size of the exported model.
+        **kwargs (Any): Further `model.export` arguments for the intermediate ONNX graph, e.g. `dynamic=True`.
+
+    Returns:
+        (Path): The model directory, next to the checkpoint.
+
+    Raises:
+        ValueError: If `weights` is not a QAT checkpoint or `format` is not 'openvino'.
+        SlimDependencyError: If nvidia-modelopt or openvino is not installed.
+    """
+    from ultralytics.engine.exporter import export_formats
+    from ultralytics.utils import YAML
+
+    if (fmt := kwargs.pop("format", "openvino")) != "openvino":
+        raise ValueError(f"export_int8_openvino writes OpenVINO only, got format={fmt!r}")
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise SlimDependencyError(
+            f"OpenVINO export needs openvino ({e}); install it with: pip install openvino"
+        ) from None
+    weights = Path(weights)
+    with TemporaryDirectory() as tmp:  # the intermediate ONNX file must not replace a best.onnx next to the weights
+        onnx_path, exporter = _export_qdq_onnx(weights, imgsz, "openvino", into=Path(tmp), **kwargs)
+        model = ov.convert_model(str(onnx_path))
+    formats = export_formats()
+    keys = dict(zip(formats["Argument"], formats["Arguments"]))["openvino"]  # the arguments stock OpenVINO records
+    metadata = {**exporter.metadata, "args": {k: getattr(exporter.args, k) for k in keys}}
+    for value, key in (  # what the stock OpenVINO export writes for OpenVINO's Model API
+        ("YOLO", "model_type"),
+        (True, "reverse_input_channels"),
+        (114, "pad_value"),
+        ([255.0], "scale_values"),
+        (exporter.args.iou, "iou_threshold"),
+        ([v.replace(" ", "_") for v in metadata["names"].values()], "labels"),
+        ("fit_to_window_letterbox", "resize_type"),
+    ):
+        model.set_rt_info(value, ["model_info", key])
+    out = weights.with_name(f"{weights.stem}_int8_openvino_model")
+    ov.save_model(model, out / f"{weights.stem}.xml", compress_to_fp16=False)  # FP16 would round the float ops
+    YAML.save(out / "metadata.yaml", metadata)
+    LOGGER.info(f"{PREFIX}OpenVINO INT8 model with the learned ranges saved as '{out}'")
+    return out
+
+
+def _export_qdq_onnx(
+    weights: str | Path, imgsz: int, fmt: str, into: Path | None = None, **kwargs: Any
+) -> tuple[Path, Any]:
+    """The checkpoint's Q/DQ ONNX export with INT8 weights, and the exporter that wrote it (its metadata and args).
+
+    `fmt` is the format the user asked for, named in the error for a float checkpoint. The file is written next to the
+    checkpoint, or into the folder `into`.
+    """
     from ultralytics import YOLO
 
-    if kwargs.setdefault("format", "onnx") != "onnx":
-        raise ValueError(f"export_int8_onnx writes ONNX only, got format={kwargs['format']!r}")
     require_modelopt()  # loading a QAT checkpoint without it would make Ultralytics try to pip-install it
     model = YOLO(weights)
     if not isinstance(model.model, nn.Module) or not is_qat(model.model):  # a str for exported formats
         raise ValueError(
             f"{weights} is not a QAT checkpoint (it has no 'modelopt' quantization state). Train with a slim recipe "
             f"that has a 'quantize' section, or with quantize=8; for post-training INT8 of a float model use "
-            f"'yolo export model={weights} format=onnx quantize=8 data=...'."
+            f"'yolo export model={weights} format={fmt} quantize=8 data=...'."
         )
-    path = Path(model.export(imgsz=imgsz, **kwargs))
+    if into is not None:
+        model.model.pt_path = str(into / Path(weights).name)  # the exporter names its output after this path
+    exporters = []
+    model.add_callback("on_export_end", exporters.append)
+    path = Path(model.export(format="onnx", imgsz=imgsz, **kwargs))
     _fold_weight_qdq(path)
-    return path
+    return path, exporters[-1]
 
 
 def _fold_weight_qdq(path: Path) -> None:
