@@ -31,6 +31,16 @@ def detect_data(data_root: Path) -> str:
     return str(make_dataset(data_root / "detect", "detect", n_train=16, n_val=8, imgsz=64))
 
 
+@pytest.fixture(scope="session")
+def qat_weights(tmp_path_factory: pytest.TempPathFactory, detect_data: str) -> Path:
+    """best.pt of a stock `quantize=8` run: the checkpoint format the quantize technique hands its runs over to."""
+    from ultralytics import YOLO
+
+    tmp = tmp_path_factory.mktemp("stock_qat")
+    YOLO("yolov8n.yaml").train(**train_args(tmp, data=detect_data, epochs=1, batch=4, quantize=8))
+    return tmp / "run" / "weights" / "best.pt"
+
+
 def train_args(tmp_path: Path, name: str = "run", **kwargs) -> dict:
     """Arguments for a tiny CPU training run that finishes in seconds."""
     return {

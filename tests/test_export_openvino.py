@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import yaml
-from conftest import run_yolo, train_args
+from conftest import run_yolo
 from ultralytics import YOLO
 from ultralytics.utils.torch_utils import strip_qat
 
@@ -26,14 +26,6 @@ ov = pytest.importorskip("openvino")
 
 IMGSZ = 64
 OV_CONFIG = {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}  # float ops in f32, as onnxruntime
-
-
-@pytest.fixture(scope="module")
-def qat_weights(tmp_path_factory: pytest.TempPathFactory, detect_data: str) -> Path:
-    """best.pt of a stock `quantize=8` run: the checkpoint format the technique hands its runs over to."""
-    tmp = tmp_path_factory.mktemp("stock_qat")
-    YOLO("yolov8n.yaml").train(**train_args(tmp, data=detect_data, epochs=1, batch=4, quantize=8))
-    return tmp / "run" / "weights" / "best.pt"
 
 
 @pytest.fixture(scope="module")

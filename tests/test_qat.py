@@ -66,14 +66,6 @@ def _quantized_float_weights(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def qat_weights(tmp_path_factory: pytest.TempPathFactory, detect_data: str) -> Path:
-    """best.pt of a stock `quantize=8` run: the checkpoint format the technique hands its runs over to."""
-    tmp = tmp_path_factory.mktemp("stock_qat")
-    YOLO("yolov8n.yaml").train(**train_args(tmp, data=detect_data, epochs=1, batch=4, quantize=8))
-    return tmp / "run" / "weights" / "best.pt"
-
-
-@pytest.fixture(scope="module")
 def onnx_files(qat_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """The QAT weights exported once each: without quantizers, by the stock exporter, and by `export_int8_onnx`."""
     tmp = tmp_path_factory.mktemp("onnx")
