@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +23,18 @@ def test_installed_hook_makes_stock_cli_accept_slim(tmp_path, detect_data, edita
     subprocess.run(pip, check=True, capture_output=True, timeout=600)
     assert (target / "ultralytics_slim.pth").exists()
     words = " ".join(cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml", epochs=1)))
-    # -S: no site processing, so the development install of this interpreter is invisible; then the installed copy's
-    # site dir is processed exactly as site-packages would be (its .pth file runs the hook).
+    # -S: no site processing, so the development install of this interpreter is invisible, and this interpreter's
+    # site-packages are added as plain paths (their .pth files do not run). They come from this process: in a venv, a
+    # child started with -S computes the base interpreter's. Then the installed copy's site dir is processed exactly as
+    # site-packages would be (its .pth file runs the hook).
+    ultralytics = importlib.util.find_spec("ultralytics").origin
     code = f"""
-import sys, site, sysconfig
-sys.path.append(sysconfig.get_paths()["purelib"])
+import sys, site
+sys.path.extend({site.getsitepackages()!r})
 site.addsitedir({str(target)!r})
 assert "ultralytics_slim._hook" in sys.modules and "torch" not in sys.modules
+import ultralytics
+assert ultralytics.__file__ == {ultralytics!r}, ultralytics.__file__  # this environment's Ultralytics, not another's
 import ultralytics_slim
 origin = ultralytics_slim.__file__
 assert origin.startswith({str(REPO if editable else target)!r}), origin

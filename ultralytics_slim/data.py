@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import yaml
-from ultralytics.utils import LOGGER
+
+from ultralytics_slim._cli import stdout_for_result_only
 
 TASKS = ("detect", "segment", "pose", "obb", "classify")
 SHAPES = ("circle", "square", "triangle", "star", "cross", "heart", "arrow", "crescent")
@@ -287,6 +286,8 @@ def make_dataset(
     if task != "classify":
         out.write_text(yaml.safe_dump(_yaml(root, task, nc), sort_keys=False))
     marker.write_text(json.dumps({**params, "complete": True}))
+    from ultralytics.utils import LOGGER  # not at the top, so the CLI can import Ultralytics away from stdout
+
     LOGGER.info(
         f"Synthetic {task} set: {n_train} train + {n_val} val images at {imgsz}px, {nc} classes, in {root} "
         f"({time.perf_counter() - t:.1f}s)"
@@ -295,20 +296,19 @@ def make_dataset(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: generate a set and print the path to pass as `data=`."""
+    """CLI: generate a set and print the path to pass as `data=` on stdout, alone; logs go to stderr."""
     p = argparse.ArgumentParser(prog="python -m ultralytics_slim.data", description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=TASKS, default="detect")
-    p.add_argument("--out", required=True, help="folder to write the set into")
+    p.add_argument("--out", required=True, help="folder to write the set into; data= is OUT/data.yaml (classify: OUT)")
     p.add_argument("--n-train", type=int, default=200)
     p.add_argument("--n-val", type=int, default=50)
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--nc", type=int, default=3, help=f"number of classes, the first of {', '.join(SHAPES)}")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    for handler in LOGGER.handlers:  # keep stdout for the path alone: `data=$(python -m ultralytics_slim.data ...)`
-        if isinstance(handler, logging.StreamHandler):
-            handler.setStream(sys.stderr)
-    print(make_dataset(a.out, a.task, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, nc=a.nc, seed=a.seed))
+    with stdout_for_result_only():
+        path = make_dataset(a.out, a.task, n_train=a.n_train, n_val=a.n_val, imgsz=a.imgsz, nc=a.nc, seed=a.seed)
+    print(path)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,77 @@
-"""CLI: `python -m ultralytics_slim.export model=best.pt imgsz=640 [key=value ...]` writes a QAT checkpoint's INT8 ONNX.
+"""CLI: `python -m ultralytics_slim.export model=best.pt [format=onnx|openvino] ...`: INT8 export of a QAT checkpoint.
 
-Arguments use the `yolo` key=value style; every key other than `model` is passed on to `export_int8_onnx` and from there
-to Ultralytics' exporter (e.g. `dynamic=True`, `opset=17`, `simplify=False`). The written path is printed on stdout.
+Arguments use the `yolo` key=value style; `format` picks `export_int8_onnx` (default) or `export_int8_openvino`, and
+every other key is passed on to it and from there to Ultralytics' exporter (e.g. `imgsz=640`, `dynamic=True`,
+`simplify=False`). The written path is printed on stdout, alone; logs go to stderr. Mistakes (no such file, an unknown
+key, a float checkpoint) end in a one-line error.
 """
 
 from __future__ import annotations
 
 import sys
+from difflib import get_close_matches
 from pathlib import Path
+from typing import Any
 
-USAGE = "usage: python -m ultralytics_slim.export model=path/to/best.pt [imgsz=640] [key=value ...]"
+from ultralytics_slim._cli import stdout_for_result_only
+from ultralytics_slim.errors import SlimError
+
+PROG = "python -m ultralytics_slim.export"
+HELP = f"""usage: {PROG} model=path/to/best.pt [format=onnx] [imgsz=640] [key=value ...]
+
+Export a QAT checkpoint (from a run whose slim recipe has a 'quantize' section, or from quantize=8) with its learned
+INT8 ranges, next to it, and print the written path.
+
+arguments:
+  model=PATH       the checkpoint, e.g. runs/detect/train/weights/best.pt
+  format=onnx      onnx: best.onnx with INT8 weights and Q/DQ activations (onnxruntime; OpenVINO reads it too)
+                   openvino: best_int8_openvino_model/, an OpenVINO model that `yolo val model=...` reads
+  imgsz=640        input size of the exported model
+  key=value        any other `yolo export` argument, e.g. dynamic=True simplify=False
+"""
+
+
+def _error(message: str) -> SystemExit:
+    """A one-line error on stderr and exit status 1, instead of a traceback."""
+    return SystemExit(f"{PROG}: error: {message}")
+
+
+def _parse(args: list[str]) -> dict[str, Any]:
+    """`key=value` words as export arguments; the model must be an existing file, so nothing is ever downloaded."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, smart_value
+
+    if bad := [a for a in args if "=" not in a]:
+        raise _error(f"not key=value: {bad} (see --help)")
+    kwargs = {k: smart_value(v) for k, v in (a.split("=", 1) for a in args)}
+    if unknown := sorted(kwargs.keys() - {"model"} - DEFAULT_CFG_DICT.keys()):
+        close = {k: get_close_matches(k, DEFAULT_CFG_DICT, 1) for k in unknown}
+        hints = ", ".join(f"'{k}'" + (f" (did you mean '{m[0]}'?)" if m else "") for k, m in close.items())
+        raise _error(f"not export arguments: {hints} (see --help)")
+    if "model" not in kwargs:
+        raise _error("missing model=path/to/best.pt (see --help)")
+    model = Path(str(kwargs["model"]))
+    if not model.is_file():
+        raise _error(f"model={model}: " + ("a directory, not a .pt checkpoint" if model.is_dir() else "no such file"))
+    return kwargs
 
 
 def main(argv: list[str] | None = None) -> Path:
     """Parse `key=value` arguments, export, and print the path of the ONNX file."""
-    from ultralytics.cfg import smart_value
-
-    from ultralytics_slim.techniques.qat import export_int8_onnx
-
     args = sys.argv[1:] if argv is None else argv
-    bad = [a for a in args if "=" not in a]
-    kwargs = {k: smart_value(v) for k, v in (a.split("=", 1) for a in args if "=" in a)}
-    if bad or "model" not in kwargs:
-        raise SystemExit(f"{USAGE}\n" + (f"not key=value: {bad}" if bad else "missing model=..."))
-    path = export_int8_onnx(str(kwargs.pop("model")), **kwargs)
+    if {"-h", "--help", "help"} & set(args):
+        print(HELP, end="")
+        raise SystemExit(0)
+    with stdout_for_result_only():
+        kwargs = _parse(args)
+        from ultralytics_slim.techniques import qat
+
+        exporters = {"onnx": qat.export_int8_onnx, "openvino": qat.export_int8_openvino}
+        if (fmt := kwargs.pop("format", "onnx")) not in exporters:
+            raise _error(f"format={fmt}: INT8 export writes {' or '.join(exporters)} (see --help)")
+        try:
+            path = exporters[fmt](str(kwargs.pop("model")), **kwargs)
+        except (SlimError, ValueError) as e:  # a float checkpoint, modelopt or openvino missing
+            raise _error(str(e)) from None
     print(path)
     return path
 
