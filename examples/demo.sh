@@ -10,7 +10,7 @@ if python -c 'import os, sys; sys.exit(sys.prefix != sys.base_prefix or "CONDA_P
   echo "Not in a virtual environment: torch (5.5 GB with its CUDA libraries) and more go into your own Python" >&2
 fi
 python -m pip install -q torch==2.14.1 torchvision==0.29.1  # keeps an installed 2.14.1 build, e.g. the CPU-only one
-python -m pip install -q -e ".[qat,test]"
+python -m pip install -q -e ".[qat,openvino,test]"
 
 export YOLO_OFFLINE=1  # nothing to download: models are built from their yaml, the data is generated
 python -m ultralytics_slim.data --task detect --out datasets/shapes --n-train 200 --n-val 50 --imgsz 128 >/dev/null
