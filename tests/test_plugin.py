@@ -14,7 +14,7 @@ from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
 
 from conftest import Interrupt, cli, events, interrupt_at, run_yolo, train_args
-from ultralytics_slim import SlimDetectionTrainer
+from ultralytics_slim import SlimDetectionTrainer, pruning
 from ultralytics_slim.data import make_dataset
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.monitor import gamma_stats
@@ -106,7 +106,7 @@ sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "_
 from ultralytics import YOLO
 from ultralytics.utils import DEFAULT_CFG_DICT
 assert "slim" not in DEFAULT_CFG_DICT and not hasattr(YOLO.train, "__slim__")
-from ultralytics_slim import SlimDetectionTrainer
+from ultralytics_slim import SlimDetectionTrainer, pruning
 m = YOLO("yolov8n.yaml")
 m.train(trainer=SlimDetectionTrainer, slim="sparsity.yaml", **{train_args(tmp_path, data=detect_data, epochs=1)!r})
 assert type(m.trainer).__name__ == "SlimDetectionTrainer"
@@ -137,8 +137,8 @@ def test_startup_hook_is_cheap_and_imports_nothing_heavy():
     assert min(costs) < 10_000, f"start-up hook costs {min(costs)} us"  # microseconds, self time of its modules
 
 
-def test_sparsity_term_is_added_to_unscaled_gradients(tmp_path, detect_data, monkeypatch):
-    """With a live loss scale of 1024, one optimizer step moves each regularized gamma by exactly lr * strength."""
+def test_sparsity_step_does_not_depend_on_the_amp_scale(tmp_path, detect_data, monkeypatch):
+    """With AMP on (a live loss scale of 1024), one optimizer step moves each prunable gamma by exactly lr * strength."""
     import ultralytics.engine.trainer as ul_trainer
 
     class CPUScaler(torch.amp.GradScaler):  # an enabled scaler, as AMP on a GPU would have
@@ -152,7 +152,7 @@ def test_sparsity_term_is_added_to_unscaled_gradients(tmp_path, detect_data, mon
     trainer._setup_train()
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 1024.0
     trainer.epoch = 0
-    bns = trainer.slim.technique("sparsity")._targets
+    bns = [bn for _, bn in pruning.prunable_batchnorms(trainer.model)]
     before = [bn.weight.detach().clone() for bn in bns]
     trainer.scaler.scale(sum(p.sum() for p in trainer.model.parameters()) * 0.0).backward()
     trainer.optimizer_step()

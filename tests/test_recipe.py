@@ -34,7 +34,7 @@ def test_shipped_recipe_resolves_by_name_like_ultralytics_data():
         ({"sparsty": {}}, r"'sparsty' is not a valid key\. Did you mean 'sparsity'"),
         ({"prune": {"steps": "four"}}, r"'prune\.steps'='four'"),
         ({"prune": {"target": {"macs": 1.5}}}, r"'prune\.target\.macs'=1\.5"),
-        ({"prune": {"target": {"macs": 0.5, "params": 0.5}}}, r"exactly one of 'macs' or 'params'"),
+        ({"prune": {"target": {"macs": 0.5, "params": 0.5}}}, r"exactly one of 'macs', 'params' or 'latency'"),
         ({"sparsity": {"method": "l2"}}, r"'sparsity\.method'='l2'.*'bn_l1' or 'group_lasso'"),
         ({"quantize": {"bits": 4}}, r"'quantize\.bits'=4"),
         ({"distill": {"end": 30.0}}, r"write 30 for an epoch"),

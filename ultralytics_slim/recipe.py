@@ -67,37 +67,62 @@ class PhaseConfig(_Section):
 
 
 class SparsityConfig(PhaseConfig):
-    """Sparsity regularization (network slimming) that drives prunable channels towards zero before pruning."""
+    """Sparsity training that drives the channels pruning will remove to zero before it removes them."""
 
-    method: Literal["bn_l1", "group_lasso"] = Field("bn_l1", description="L1 on BN scales, or group lasso on coupled channel groups")
-    strength: float = Field(1e-4, gt=0, description="regularization strength (lambda)")
-    decay: Literal["none", "linear"] = Field("none", description="'linear' decays the strength to 0 over the window")
+    method: Literal["bn_l1", "group_lasso"] = Field("bn_l1", description="BN scales (and shifts), or every weight of a coupled channel")
+    strength: Union[Literal["auto"], float] = Field(
+        "auto", description="'auto': fade what pruning removes to zero; a number: decoupled L1, shrink lr * strength per step"
+    )
+    goal: Optional[float] = Field(
+        None, gt=0, lt=1, description="fraction of prunable channels to zero; default: what prune.target removes, else 0.3"
+    )
+    decay: Literal["none", "linear"] = Field("none", description="'linear' decays a numeric strength to 0 over the window")
     start: When = Field(0, description="first epoch of the phase")
     end: When = Field(0.5, description="epoch at which the phase stops")
     ignore: list[str] = Field(default_factory=list, description="module names or class names left unregularized")
 
+    @field_validator("strength", mode="before")
+    @classmethod
+    def _auto_or_positive(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")):
+            return v
+        raise ValueError("must be 'auto' or a number > 0 (the L1 strength lambda)")
+
+    @model_validator(mode="after")
+    def _decay_needs_number(self) -> SparsityConfig:
+        if self.decay != "none" and self.strength == "auto":
+            raise ValueError("'decay' applies to a numeric strength; 'strength: auto' sets its own schedule")
+        return self
+
 
 class PruneTarget(BaseModel):
-    """What the pruned model keeps: a ratio of the starting model's MACs or parameters."""
+    """What the pruned model keeps: a ratio of the starting model's MACs, parameters or deployed latency."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     macs: float | None = Field(None, gt=0, lt=1, description="kept fraction of MACs")
     params: float | None = Field(None, gt=0, lt=1, description="kept fraction of parameters")
+    latency: float | None = Field(None, gt=0, lt=1, description="kept fraction of batch-1 latency in `runtime`")
+    runtime: Literal["onnxruntime", "openvino"] | None = Field(
+        None, description="CPU runtime a latency target is measured in (default: onnxruntime)"
+    )
+    imgsz: int | None = Field(None, ge=32, description="deployment image size of a latency target (default: the run's imgsz)")
 
     @model_validator(mode="after")
     def _one_of(self) -> PruneTarget:
-        if (self.macs is None) == (self.params is None):
-            raise ValueError("give exactly one of 'macs' or 'params', e.g. {macs: 0.5}")
+        if sum(v is not None for v in (self.macs, self.params, self.latency)) != 1:
+            raise ValueError("give exactly one of 'macs', 'params' or 'latency', e.g. {macs: 0.5}")
+        if self.latency is None and (self.runtime or self.imgsz):
+            raise ValueError("'runtime' and 'imgsz' belong to a latency target, e.g. {latency: 0.5, runtime: openvino}")
         return self
 
     @property
-    def kind(self) -> Literal["macs", "params"]:
-        return "macs" if self.macs is not None else "params"
+    def kind(self) -> Literal["macs", "params", "latency"]:
+        return "macs" if self.macs is not None else "params" if self.params is not None else "latency"
 
     @property
     def ratio(self) -> float:
-        return self.macs if self.macs is not None else self.params
+        return getattr(self, self.kind)
 
 
 class PruneConfig(PhaseConfig):
@@ -144,7 +169,9 @@ class DistillConfig(PhaseConfig):
 
     teacher: str = Field("self", description="'self' (the model before pruning) or a checkpoint path")
     weight: float = Field(1.0, gt=0, description="weight of the distillation loss")
-    loss: Literal["head"] = Field("head", description="'head': class-score and box-distribution distillation")
+    loss: Literal["head", "feature", "head+feature"] = Field(
+        "head", description="'head': class scores and box distributions; 'feature': the neck features (teacher self)"
+    )
     temperature: float = Field(1.0, gt=0, description="softening of teacher distributions")
     start: When = Field(0.5, description="first epoch with the teacher")
     end: When = Field(1.0, description="epoch at which distillation stops")
@@ -154,6 +181,15 @@ class DistillConfig(PhaseConfig):
     def _absolute(cls, v: str) -> str:
         """Store an existing teacher file as an absolute path, so `resume` from another directory finds it."""
         return str(Path(v).expanduser().resolve()) if v != "self" and Path(v).expanduser().is_file() else v
+
+    @model_validator(mode="after")
+    def _feature_needs_self(self) -> DistillConfig:
+        if "feature" in self.loss and self.teacher != "self":
+            raise ValueError(
+                f"loss={self.loss!r} compares channels one to one, which only 'teacher: self' allows (a pruned student's "
+                "channels are a subset of its unpruned self's); use loss: head with a checkpoint teacher"
+            )
+        return self
 
     def schedule_problems(self, windows: dict[str, Window]) -> list[str]:
         if self.teacher == "self" and "prune" in windows and windows["distill"].start > windows["prune"].start:
