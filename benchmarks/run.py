@@ -1,28 +1,39 @@
-"""Benchmark of ultralytics-slim on the deterministic synthetic detection set: accuracy, size and CPU speed per recipe.
+"""Benchmark of ultralytics-slim on a hard synthetic detection set: what compression costs, told apart from noise.
 
-    python benchmarks/run.py [--quick] [--out benchmarks]
+    python benchmarks/run.py --baseline-only        # train (or reuse) the cached baseline(s), check convergence
+    python benchmarks/run.py --quick                # a slice of the matrix (~15 min on 2 cores)
+    python benchmarks/run.py                        # the full matrix, writes benchmarks/RESULTS.md and its plots
+    python benchmarks/run.py --rows slim-50,scratch-50 --seeds 3
 
-Trains a YOLOv8n baseline from yaml for E epochs (or takes `--baseline best.pt`), then fine-tunes it for F = E/2 epochs
-with every variant (stock fine-tuning, sparsity + pruning with and without distillation, QAT, controls), measures every
-row the same way in this one process (mAP from Ultralytics' validator, params/GFLOPs from Ultralytics' counters, ONNX
-size, batch-1 latency in onnxruntime and OpenVINO interleaved across all models) and writes `<out>/RESULTS.md` and
-`<out>/pareto.png`. Runs, data and exported files go to `<out>/.work/`.
+Every variant starts from a YOLOv8n baseline trained here for E epochs until its val mAP plateaus (cached under a key of
+the data, model and settings) and trains F more epochs; the reference for every "d" column is that baseline trained F
+more stock epochs (`baseline+F`). Rows that carry claims run with several seeds and are reported as mean +- std, and
+one row beats another only when the difference of means exceeds both standard deviations. Each finished (row, seed) is
+stored at once under `.work/records/`, and an interrupted training resumes from its last epoch, so a killed benchmark
+continues where it stopped. Two trainings run side by side (Ultralytics trains on one thread). Latency is measured at
+the end, batch 1, in onnxruntime and OpenVINO, at the training size and at 640 px, interleaved across all models.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
+import hashlib
+import importlib.util
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,147 +41,200 @@ from typing import Any
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import numpy as np
+import yaml
+from data import NAMES, HardSet, make_hard_dataset
 from torch import nn
 
-WARMUP = 10  # untimed runs per model and backend before the interleaved timing rounds
+HERE = Path(__file__).resolve().parent
+FORMAT = 1  # bump when what a record holds or how it is measured changes: every cached row is then redone
+WARMUP = 10  # untimed runs per model and runtime before the interleaved timing rounds
+DEPLOY = 640  # the deployment image size at which latency is measured too
+PLATEAU = 0.005  # the baseline counts as converged when F more epochs add less than this to its mAP50-95
+# Training from scratch (baselines, scratch rows): SGD at Ultralytics' lr0. `optimizer=auto` picks AdamW at
+# lr = 0.002 * 5 / (4 + nc) for runs under 10,000 steps; on this set that reached 0.275 mAP50-95 after 10 of 30
+# epochs where SGD reached 0.439. Fine-tuning rows keep `optimizer=auto`, as a user's `yolo train` would.
+FROM_SCRATCH = {"optimizer": "SGD", "lr0": 0.01}
 
 
 # ---------------------------------------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class Config:
-    """Everything that decides the numbers: data set, training budget, rows and latency runs."""
+    """Everything that decides the numbers: data, budgets, seeds, rows and latency runs."""
 
-    quick: bool
-    epochs: int  # E: the baseline's budget; every variant fine-tunes for F = E // 2
-    imgsz: int
-    n_train: int
-    n_val: int
-    batch: int
-    runs: int  # timed latency runs per model and backend
-    ratios: tuple[int, ...]  # pruning targets, percent of the baseline's MACs kept
-    teacher: bool  # also train YOLOv8s and distil it into the 50% model
-    baseline_qat: bool
+    mode: str  # smoke | quick | full: the preset
+    data: HardSet
+    epochs: int  # E: the from-scratch budget of the baselines
+    finetune: int  # F: every variant's budget after its baseline
+    seeds: int  # seeds of the claim rows; other rows run seed 0 only
+    rows: tuple[str, ...]  # rows asked for; the rows they read run too
+    runs: int  # timed latency runs per model, runtime and image size
+    workers: int  # trainings side by side
     work: Path
-    baseline: Path | None = None
+    batch: int = 16
 
-    @property
-    def finetune(self) -> int:
-        """F, the fine-tune budget of every variant."""
-        return max(self.epochs // 2, 1)
-
-    def describe(self) -> str:
-        """One line for RESULTS.md."""
-        return (
-            f"synthetic detect set ({self.n_train} train / {self.n_val} val images, {self.imgsz}px, 3 classes, "
-            f"seed 0); "
-            f"E={self.epochs} baseline epochs, F={self.finetune} fine-tune epochs, batch {self.batch}, CPU"
-        )
-
-
-def make_config(args: argparse.Namespace) -> Config:
-    """Quick (~13 min on 2 idle cores) or full (~70 min estimated) settings, with overrides for smoke tests."""
-    if args.quick:
-        base = {
-            "epochs": 20,
-            "imgsz": 128,
-            "n_train": 150,
-            "n_val": 40,
-            "runs": 100,
-            "ratios": (50,),
-            "teacher": False,
-            "baseline_qat": False,
+    def train_args(self) -> dict[str, Any]:
+        """Arguments of every training, the same for all rows; `nbs=batch` gives an optimizer step per batch."""
+        return {
+            "imgsz": self.data.imgsz,
+            "batch": self.batch,
+            "nbs": self.batch,
+            "workers": 0,
+            "device": "cpu",
+            "plots": False,
+            "verbose": False,
         }
-    else:
-        base = {
-            "epochs": 24,
-            "imgsz": 128,
-            "n_train": 300,
-            "n_val": 80,
-            "runs": 300,
-            "ratios": (70, 50, 30),
-            "teacher": True,
-            "baseline_qat": True,
-        }
-    for key in ("epochs", "imgsz", "n_train", "n_val", "runs"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
-    work = Path(args.out).resolve() / ".work"
-    return Config(
-        quick=args.quick, batch=16, work=work, baseline=args.baseline and Path(args.baseline).resolve(), **base
-    )
+
+
+ALL = "all"
+QUICK_ROWS = ("baseline+F", "slim-50", "slim-50+distill", "val-noise")
+# one row per kind of producer (the other slim rows differ from slim-50 by their recipe only)
+SMOKE_ROWS = (
+    "baseline+F",
+    "val-noise",
+    "slim-50",
+    "scratch-50",
+    "v8s-slim",
+    "slim-50+distill-v8s",
+    "baseline-qat",
+    "baseline-ptq",
+    "unstructured-50",
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    # plumbing only, 2 seeds so that spreads are computed; 5 epochs is the least a QAT recipe fits in
+    "smoke": {"data": HardSet(n_train=16, n_val=8, imgsz=96), "epochs": 1, "finetune": 5, "seeds": 2,
+              "rows": SMOKE_ROWS, "runs": 3},
+    "quick": {"data": HardSet(n_train=400, n_val=200), "epochs": 16, "finetune": 5, "seeds": 1,
+              "rows": QUICK_ROWS, "runs": 50},
+    "full": {"data": HardSet(n_train=1000, n_val=300), "epochs": 40, "finetune": 10, "seeds": 3,
+             "rows": (ALL,), "runs": 150},
+}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------- rows
 @dataclass
-class Artifact:
-    """What a row produced: a checkpoint (always), its INT8 ONNX file (INT8 rows), epochs trained and seconds spent."""
+class Made:
+    """What a row produced: a checkpoint, its ONNX files for INT8 rows, epochs trained, seconds and the run folder."""
 
     pt: Path
-    onnx: Path | None = None
     epochs: int = 0
     seconds: float = 0.0
+    run: Path | None = None  # the training run (its results.csv gives the curve)
+    prune_at: tuple[int, ...] = ()  # 0-based epochs at whose start a pruning step ran
+    onnx: Path | None = None  # INT8 rows: the INT8 ONNX at the training size ...
+    onnx640: Path | None = None  # ... and at the deployment size
 
 
-@dataclass
+@dataclass(frozen=True)
+class Dep:
+    """A row this row reads: the same seed of it (`same_seed`) or its seed 0."""
+
+    row: str
+    same_seed: bool = False
+
+
+@dataclass(frozen=True)
 class Row:
-    """One line of the table: a name, what it is, and the function that produces its checkpoint or ONNX."""
+    """One line of the tables: what it is, what it reads and the function (run in a worker) that makes its record."""
 
     name: str
     what: str
-    make: Callable[[Bench], Artifact]
-    int8: bool = False
+    run: Callable[[Ctx], dict]
+    deps: tuple[Dep, ...] = (Dep("baseline"),)
+    claim: bool = False  # runs with every seed; its mean +- std is compared
+    stock: bool = False  # no plugin involved: its cache key ignores the package's source
+    epochs: int = 0  # its training budget
+    train: dict | None = None  # training arguments beyond Config.train_args (from-scratch rows: FROM_SCRATCH)
+    cost: float = 1.0  # rough epochs-of-YOLOv8n, to start the longest chains first
+    group: str = "others"  # curves panel: scratch | claims | others; "" for rows without training
+    table: bool = True  # a line in the tables (the noise measurement has none)
+    slim: dict | None = None  # the recipe, for the cache key
+
+    def fingerprint(self) -> dict:
+        """What decides its result besides data, settings, seed and the rows it reads (not the prose of `what`)."""
+        return {"name": self.name, "epochs": self.epochs, "train": self.train, "slim": self.slim}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (row, seed) to run, its cache key, the jobs it reads (row name -> job id) and the plugin's source hash it
+    was planned with (None for stock rows)."""
+
+    row: str
+    seed: int
+    key: str
+    deps: tuple[tuple[str, str], ...]
+    source: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.row}@{self.seed}"
 
 
 @dataclass
-class Bench:
-    """The state shared by the row producers: settings, data and the artifacts made so far."""
+class Ctx:
+    """A job as its worker sees it: settings, the job, the records of the jobs it reads, its row's budget and
+    training arguments."""
 
     cfg: Config
     data: str
-    done: dict[str, Artifact] = field(default_factory=dict)
+    job: Job
+    deps: dict[str, dict]
+    epochs: int = 0
+    extra: dict | None = None
 
-    def train(self, name: str, model: str | Path, epochs: int, slim: dict | None = None) -> Artifact:
-        """A stock `YOLO(model).train(...)` (with `slim=` when given) into `.work/runs/<name>`; returns best.pt."""
+    @property
+    def dir(self) -> Path:
+        return self.cfg.work / "runs" / f"{self.job.id}-{self.job.key}"
+
+    def pt(self, row: str) -> Path:
+        return Path(self.deps[row]["pt"])
+
+    def train(self, model: str | Path, slim: dict | None = None) -> Made:
+        """A stock `YOLO(model).train(...)` for the row's epochs (with `slim=` when given) into `<dir>/train`, resumed
+        if it was interrupted, skipped if it finished."""
         from ultralytics import YOLO
+        from ultralytics.utils.patches import torch_load
 
-        run = self.cfg.work / "runs" / name
-        shutil.rmtree(run, ignore_errors=True)
-        args = {
-            "data": self.data,
-            "epochs": epochs,
-            "imgsz": self.cfg.imgsz,
-            "batch": self.cfg.batch,
-            "workers": 0,
-            "device": "cpu",
-        }
-        args["nbs"] = (
-            self.cfg.batch
-        )  # an optimizer step per batch: with the default nbs=64, 150 images give 2 per epoch
-        args |= {
-            "plots": False,
-            "project": str(run.parent),
-            "name": name,
-            "exist_ok": True,
-            "verbose": False,
-            "seed": 0,
-        }
-        t = time.perf_counter()
-        YOLO(str(model)).train(**args, **({"slim": slim} if slim is not None else {}))
-        return Artifact(run / "weights" / "best.pt", epochs=epochs, seconds=time.perf_counter() - t)
+        run, epochs = self.dir / "train", self.epochs
+        last, clock = run / "weights" / "last.pt", run / "seconds.json"
+        epoch = torch_load(last, map_location="cpu")["epoch"] if last.exists() else None  # 0-based, -1: stripped
+        if epoch is None or -1 < epoch < epochs - 1:  # not trained, or stopped before its last epoch
+            resume = epoch is not None
+            prior = json.loads(clock.read_text())["s"] if resume and clock.exists() else 0.0
+            t0 = time.perf_counter()
 
-    def fresh_dir(self, kind: str, name: str) -> Path:
-        """A new, empty `.work/<kind>/<name>` for files made outside a training run."""
-        d = self.cfg.work / kind / name
+            def tick(_: Any) -> None:  # training seconds so far, kept across resumes
+                clock.write_text(json.dumps({"s": prior + time.perf_counter() - t0}))
+
+            if resume:
+                yolo = YOLO(last)
+                yolo.add_callback("on_fit_epoch_end", tick)
+                yolo.train(resume=True)
+            else:
+                shutil.rmtree(run, ignore_errors=True)
+                yolo = YOLO(str(model))
+                yolo.add_callback("on_fit_epoch_end", tick)
+                args = {**self.cfg.train_args(), **(self.extra or {}), "data": self.data, "epochs": epochs}
+                args["seed"] = self.job.seed
+                args |= {"project": str(run.parent), "name": run.name, "exist_ok": True}
+                yolo.train(**args, **({} if slim is None else {"slim": slim}))
+        seconds = json.loads(clock.read_text())["s"] if clock.exists() else 0.0
+        return Made(run / "weights" / "best.pt", epochs, seconds, run, prune_events(slim, epochs))
+
+    def fresh(self, name: str) -> Path:
+        """A new, empty `<dir>/<name>` for files made outside a training run."""
+        d = self.dir / name
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
         return d
 
 
 def recipe(shipped: str, macs: float | None = None, **sections: dict) -> dict:
-    """A shipped recipe as data, with the pruning target set to `macs` and sections updated/added by `sections`."""
-    from ultralytics_slim import load_recipe
+    """A shipped recipe as its file has it (defaults left to the plugin), with the pruning target set to `macs` and
+    sections updated/added by `sections`."""
+    from ultralytics_slim.recipe import RECIPES_DIR
 
-    r = load_recipe(shipped).model_dump(mode="json", exclude_none=True)
+    r = yaml.safe_load((RECIPES_DIR / shipped).read_text())
     if macs is not None:
         r["prune"]["target"] = {"macs": macs}
     for name, values in sections.items():
@@ -178,47 +242,86 @@ def recipe(shipped: str, macs: float | None = None, **sections: dict) -> dict:
     return r
 
 
-def baseline(b: Bench) -> Artifact:
-    """YOLOv8n from yaml for E epochs, or the given checkpoint."""
-    if b.cfg.baseline:
-        return Artifact(b.cfg.baseline)
-    return b.train("baseline", "yolov8n.yaml", b.cfg.epochs)
+def prune_events(slim: dict | None, epochs: int) -> tuple[int, ...]:
+    """0-based epochs at whose start the recipe prunes."""
+    if not slim or "prune" not in slim:
+        return ()
+    from ultralytics_slim import load_recipe
+    from ultralytics_slim.schedule import build_schedule
+
+    return tuple(build_schedule(load_recipe(slim), epochs).events.get("prune", ()))
 
 
-def long_baseline(b: Bench) -> Artifact:
-    """YOLOv8n from yaml for E + F epochs in one run: what scratch-50 is compared with (same schedule, full width)."""
-    return b.train("baseline-long", "yolov8n.yaml", b.cfg.epochs + b.cfg.finetune)
+def phases(slim: dict, epochs: int) -> str:
+    """The recipe's phases resolved for a run of `epochs`, in 1-based epochs as Ultralytics prints them (a recipe that
+    does not fit says so here, and its row fails with the plugin's message if it is run)."""
+    from ultralytics_slim import SlimConfigError, load_recipe
+    from ultralytics_slim.schedule import build_schedule
+
+    try:
+        schedule = build_schedule(load_recipe(slim), epochs)
+    except SlimConfigError:
+        return f"does not fit {epochs} epochs"
+    parts = []
+    for name, w in schedule.windows.items():
+        if schedule.events[name]:
+            parts.append(f"{name} at " + ",".join(str(e + 1) for e in schedule.events[name]))
+        else:
+            label = "QAT" if name == "quantize" else name
+            parts.append(f"{label} {w.start + 1}" + (f"-{w.end}" if w.end > w.start + 1 else ""))
+    return ", ".join(parts)
 
 
-def finetune(name: str, slim: dict | None = None) -> Callable[[Bench], Artifact]:
-    """The baseline's best.pt trained F more epochs, stock or with a slim recipe."""
-    return lambda b: b.train(name, b.done["baseline"].pt, b.cfg.finetune, slim)
-
-
-def with_int8_export(make: Callable[[Bench], Artifact]) -> Callable[[Bench], Artifact]:
-    """A QAT row: train, then write the INT8 Q/DQ ONNX with the plugin's `export_int8_onnx`."""
-
-    def run(b: Bench) -> Artifact:
-        from ultralytics_slim import export_int8_onnx
-
-        art = make(b)
-        t = time.perf_counter()
-        art.onnx = export_int8_onnx(art.pt, imgsz=b.cfg.imgsz, simplify=False)
-        art.seconds += time.perf_counter() - t
-        return art
-
-    return run
-
-
-def ptq(b: Bench) -> Artifact:
-    """Post-training INT8 of the baseline: Ultralytics' `export(format="onnx", quantize=8)` (ONNX Runtime static
-    quantization), calibrated on the training split so that the scored val images stay unseen."""
+def export(pt: Path, folder: Path, imgsz: int, int8: str = "", data: str | None = None) -> Path:
+    """ONNX of a checkpoint copied into `folder` (exporters write next to the checkpoint): float, QAT INT8 ("qat",
+    the plugin's `export_int8_onnx`) or post-training INT8 ("ptq", Ultralytics' `quantize=8`, calibrated on the train
+    split so that the scored val images stay unseen)."""
     from ultralytics import YOLO
 
-    pt = Path(shutil.copy(b.done["baseline"].pt, b.fresh_dir("rows", "baseline-ptq") / "model.pt"))
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copy(pt, folder / "model.pt"))
+    if int8 == "qat":
+        from ultralytics_slim import export_int8_onnx
+
+        return Path(export_int8_onnx(copy, imgsz=imgsz, simplify=False))
+    extra = {"quantize": 8, "data": data, "split": "train"} if int8 == "ptq" else {}
+    return Path(YOLO(copy).export(format="onnx", imgsz=imgsz, simplify=False, **extra))
+
+
+# rows' producers: each returns what it made; `measured` turns that into the row's record
+def trained(model: str) -> Callable[[Ctx], Made]:
+    """A model from yaml trained from scratch."""
+    return lambda ctx: ctx.train(model)
+
+
+def continued(
+    start: str, slim: dict | None = None, int8: bool = False, teacher: str | None = None
+) -> Callable[[Ctx], Made]:
+    """The best.pt of row `start` trained further, stock or with a slim recipe whose distillation teacher is the
+    best.pt of row `teacher` when given; QAT rows also export their INT8 ONNX files."""
+
+    def make(ctx: Ctx) -> Made:
+        with_teacher = slim
+        if teacher is not None:
+            with_teacher = {**slim, "distill": {**slim["distill"], "teacher": str(ctx.pt(teacher))}}
+        made = ctx.train(ctx.pt(start), with_teacher)
+        if int8:
+            t = time.perf_counter()
+            made.onnx = export(made.pt, ctx.dir / "int8", ctx.cfg.data.imgsz, "qat")
+            made.onnx640 = export(made.pt, ctx.dir / "int8-640", DEPLOY, "qat") if ctx.job.seed == 0 else None
+            made.seconds += time.perf_counter() - t
+        return made
+
+    return make
+
+
+def ptq(ctx: Ctx) -> Made:
+    """Post-training INT8 of the baseline (ONNX Runtime static quantization through Ultralytics' exporter)."""
     t = time.perf_counter()
-    onnx = YOLO(pt).export(format="onnx", quantize=8, data=b.data, split="train", imgsz=b.cfg.imgsz, simplify=False)
-    return Artifact(pt, Path(onnx), seconds=time.perf_counter() - t)
+    pt = ctx.pt("baseline")
+    onnx = export(pt, ctx.fresh("ptq"), ctx.cfg.data.imgsz, "ptq", ctx.data)
+    onnx640 = export(pt, ctx.fresh("ptq-640"), DEPLOY, "ptq", ctx.data)
+    return Made(pt, seconds=time.perf_counter() - t, onnx=onnx, onnx640=onnx640)
 
 
 def reinitialize(model: nn.Module) -> None:
@@ -234,18 +337,22 @@ def reinitialize(model: nn.Module) -> None:
     model.model[-1].bias_init()
 
 
-def scratch(b: Bench) -> Artifact:
-    """The slim-50 architecture, re-initialized and trained from scratch for E + F epochs."""
+def scratch(ctx: Ctx) -> Made:
+    """The same seed's slim-50 architecture, re-initialized (seeded) and trained from scratch."""
+    import torch
     from ultralytics import YOLO
 
-    model = YOLO(b.done["slim-50"].pt)
-    reinitialize(model.model)
-    init = b.fresh_dir("rows", "scratch-50") / "init.pt"
-    model.save(init)
-    return b.train("scratch-50", init, b.cfg.epochs + b.cfg.finetune)
+    init = ctx.dir / "init.pt"
+    if not init.exists():
+        model = YOLO(ctx.pt("slim-50"))
+        torch.manual_seed(ctx.job.seed)
+        reinitialize(model.model)
+        model.save(ctx.fresh("init") / "init.pt")
+        (ctx.dir / "init" / "init.pt").replace(init)
+    return ctx.train(init)
 
 
-def unstructured(b: Bench) -> Artifact:
+def unstructured(ctx: Ctx) -> Made:
     """Global L1 unstructured pruning of all conv weights of the baseline down to slim-50's parameter count."""
     from torch.nn.utils import prune
     from ultralytics import YOLO
@@ -253,125 +360,93 @@ def unstructured(b: Bench) -> Artifact:
     from ultralytics.utils.torch_utils import get_num_params
 
     t = time.perf_counter()
-    model = YOLO(b.done["baseline"].pt)
-    target = get_num_params(load_float(b.done["slim-50"].pt))
+    model = YOLO(ctx.pt("baseline"))
+    target = get_num_params(load_float(ctx.pt("slim-50")))
     fixed = {m.conv for m in model.model.modules() if isinstance(m, DFL)}
     convs = [(m, "weight") for m in model.model.modules() if isinstance(m, nn.Conv2d) and m not in fixed]
     prune.global_unstructured(convs, prune.L1Unstructured, amount=get_num_params(model.model) - target)
     for m, name in convs:
         prune.remove(m, name)  # permanent: plain weight tensors with zeros
-    pt = b.fresh_dir("rows", "unstructured-50") / "model.pt"
+    pt = ctx.fresh("unstructured") / "model.pt"
     model.save(pt)
-    return Artifact(pt, seconds=time.perf_counter() - t)
+    return Made(pt, seconds=time.perf_counter() - t)
 
 
-def teacher(b: Bench) -> Artifact:
-    """YOLOv8s from yaml for E epochs: the larger teacher of the same family."""
-    return b.train("teacher-v8s", "yolov8s.yaml", b.cfg.epochs)
+def macs_ratio(small: str, large: str, imgsz: int) -> float:
+    """GFLOPs of `small` / `large`, both built from yaml with this set's classes: the pruning target that turns the
+    large model into one as cheap as the small one."""
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.torch_utils import get_flops
+
+    small_gflops, large_gflops = (
+        get_flops(DetectionModel(m, nc=len(NAMES), verbose=False), imgsz) for m in (small, large)
+    )
+    return round(small_gflops / large_gflops, 4)
 
 
-def phases(slim: dict, epochs: int) -> str:
-    """The recipe's phases resolved for a run of `epochs`, in 1-based epochs as Ultralytics prints them."""
-    from ultralytics_slim import load_recipe
-    from ultralytics_slim.schedule import build_schedule
-
-    schedule = build_schedule(load_recipe(slim), epochs)
-    parts = []
-    for name, w in schedule.windows.items():
-        if name == "prune":
-            parts.append("prune at " + ",".join(str(e + 1) for e in schedule.prune_epochs))
-        else:
-            parts.append(
-                f"{'QAT' if name == 'quantize' else name} {w.start + 1}" + (f"-{w.end}" if w.end > w.start + 1 else "")
+def row_specs(cfg: Config) -> dict[str, Row]:
+    """The matrix, in dependency and display order."""
+    E, F = cfg.epochs, cfg.finetune
+    slim_rows = []
+    for pct in (70, 50, 30):
+        for suffix, shipped, label in (
+            ("", "prune.yaml", "prune.yaml"),
+            ("+distill", "prune_distill.yaml", "prune_distill.yaml, teacher self"),
+        ):
+            slim = recipe(shipped, pct / 100)
+            slim_rows.append(
+                Row(
+                    f"slim-{pct}{suffix}",
+                    f"{label}, {pct}% MACs ({phases(slim, F)})",
+                    measured(continued("baseline", slim)),
+                    claim=pct == 50,
+                    epochs=F,
+                    cost=F * (1.3 if suffix else 1),
+                    group="claims" if pct == 50 else "others",
+                    slim=slim,
+                )
             )
-    return ", ".join(parts)
-
-
-def slim_row(cfg: Config, name: str, label: str, slim: dict, int8: bool = False) -> Row:
-    """A row that fine-tunes the baseline for F epochs with a recipe (and exports INT8 ONNX for a QAT recipe)."""
-    make = finetune(name, slim)
-    return Row(name, f"{label} ({phases(slim, cfg.finetune)})", with_int8_export(make) if int8 else make, int8)
-
-
-def rows(cfg: Config) -> list[Row]:
-    """The matrix, in dependency order (a producer only reads rows listed before it)."""
-    F = cfg.finetune
-    out = [
-        Row(
-            "baseline",
-            f"YOLOv8n from yaml, {cfg.epochs} epochs" if not cfg.baseline else f"given: {cfg.baseline}",
-            baseline,
-        ),
-        Row("baseline+F", f"baseline + {F} stock fine-tune epochs", finetune("baseline+F")),
-        Row(
-            "baseline-long",
-            f"YOLOv8n from yaml, {cfg.epochs + F} epochs in one run (reference for scratch-50)",
-            long_baseline,
-        ),
-    ]
-    for r in sorted(cfg.ratios, reverse=True):
-        out.append(slim_row(cfg, f"slim-{r}", f"prune.yaml, {r}% MACs", recipe("prune.yaml", r / 100)))
-        out.append(
-            slim_row(
-                cfg,
-                f"slim-{r}+distill",
-                f"prune_distill.yaml, teacher self, {r}% MACs",
-                recipe("prune_distill.yaml", r / 100),
-            )
-        )
-    qat = recipe("prune_distill_qat.yaml", 0.5)
-    out.append(slim_row(cfg, "slim-50+qat", "prune_distill_qat.yaml, 50% MACs", qat, int8=True))
-    if cfg.baseline_qat:
-        out.append(slim_row(cfg, "baseline-qat", "qat.yaml", recipe("qat.yaml"), int8=True))
+    v8s = Dep("teacher-v8s")
+    to_v8n = macs_ratio("yolov8n.yaml", "yolov8s.yaml", cfg.data.imgsz)
+    v8s_slim = recipe("prune.yaml", to_v8n)
+    v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
+    qat, baseline_qat = recipe("prune_distill_qat.yaml", 0.5), recipe("qat.yaml")
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
-    out += [
-        Row(
-            "baseline-ptq",
-            "baseline, Ultralytics export quantize=8 (ORT static PTQ, train-split calibration)",
-            ptq,
-            int8=True,
-        ),
-        slim_row(cfg, "oneshot-50", "one-shot L1 pruning to 50% MACs, no sparsity", oneshot),
-        Row(
-            "unstructured-50",
-            "global L1 unstructured on the baseline's convs to slim-50's param count, no fine-tune",
-            unstructured,
-        ),
-        Row("scratch-50", f"slim-50 architecture re-initialized, {cfg.epochs + F} epochs from scratch", scratch),
-    ]
-    if cfg.teacher:
-        v8s = cfg.work / "runs" / "teacher-v8s" / "weights" / "best.pt"  # where teacher() leaves it
-        out += [
-            Row("teacher-v8s", f"YOLOv8s from yaml, {cfg.epochs} epochs (teacher)", teacher),
-            slim_row(
-                cfg,
-                "slim-50+distill-v8s",
-                "prune_distill.yaml, teacher teacher-v8s, 50% MACs",
-                recipe("prune_distill.yaml", 0.5, distill={"teacher": str(v8s)}),
-            ),
-        ]
-    return out
+    rows = [
+        Row("baseline", f"YOLOv8n from yaml, {E} epochs, SGD (cached)", measured(trained("yolov8n.yaml")), deps=(),
+            stock=True, epochs=E, train=FROM_SCRATCH, cost=E, group="scratch"),
+        Row("teacher-v8s", f"YOLOv8s from yaml, {E} epochs, SGD (cached)", measured(trained("yolov8s.yaml")),
+            deps=(), stock=True, epochs=E, train=FROM_SCRATCH, cost=2 * E, group="scratch"),
+        Row("baseline+F", f"baseline + {F} stock epochs: the reference", measured(continued("baseline")),
+            claim=True, stock=True, epochs=F, cost=F, group="claims"),
+        Row("val-noise", "the baseline's best.pt validated again (.pt twice, ONNX twice)", val_noise, stock=True,
+            group="", table=False),
+        *slim_rows,
+        Row("scratch-50", f"slim-50 architecture (same seed) re-initialized, {E + F} epochs from scratch, SGD",
+            measured(scratch), deps=(Dep("slim-50", same_seed=True),), claim=True, epochs=E + F, train=FROM_SCRATCH,
+            cost=E + F, group="scratch"),
+        Row("v8s-slim", f"teacher-v8s + prune.yaml to YOLOv8n's MACs ({to_v8n:.0%} of YOLOv8s), {F} epochs "
+            f"({phases(v8s_slim, F)}); compare with baseline+F (YOLOv8n, the same {E} + {F} epochs)",
+            measured(continued("teacher-v8s", v8s_slim)), deps=(v8s,), claim=True, epochs=F, cost=1.5 * F,
+            group="claims", slim=v8s_slim),
+        Row("slim-50+distill-v8s", "prune_distill.yaml, teacher teacher-v8s, 50% MACs",
+            measured(continued("baseline", v8s_distill, teacher="teacher-v8s")), deps=(Dep("baseline"), v8s),
+            epochs=F, cost=1.6 * F, slim=v8s_distill),
+        Row("slim-50+qat", f"prune_distill_qat.yaml, 50% MACs ({phases(qat, F)})",
+            measured(continued("baseline", qat, int8=True)), epochs=F, cost=1.3 * F, slim=qat),
+        Row("baseline-qat", f"qat.yaml ({phases(baseline_qat, F)})",
+            measured(continued("baseline", baseline_qat, int8=True)), epochs=F, cost=1.3 * F, slim=baseline_qat),
+        Row("baseline-ptq", "baseline, Ultralytics export quantize=8 (ORT static PTQ, train-split calibration)",
+            measured(ptq), stock=True, group=""),
+        Row("oneshot-50", f"one-shot L1 pruning to 50% MACs, no sparsity ({phases(oneshot, F)})",
+            measured(continued("baseline", oneshot)), epochs=F, cost=F, slim=oneshot),
+        Row("unstructured-50", "global L1 unstructured on the baseline's convs to slim-50's param count, no fine-tune",
+            measured(unstructured), deps=(Dep("baseline"), Dep("slim-50")), group=""),
+    ]  # fmt: skip
+    return {r.name: r for r in rows}
 
 
 # ------------------------------------------------------------------------------------------------------ measurement
-@dataclass
-class Measured:
-    """Every figure of one row; latencies are filled in later by the interleaved timing."""
-
-    params: int
-    nonzero: int
-    gflops: float
-    onnx: Path
-    onnx_mb: float
-    gzip_mb: float
-    map50_95: float  # the .pt checkpoint for float rows, the ONNX file for INT8 rows
-    map50: float
-    onnx_map50_95: float  # the ONNX file, batch 1, for every row: the same pipeline everywhere
-    ort_ms: list[float] = field(default_factory=list)
-    ov_ms: list[float] = field(default_factory=list)
-    ov_int8_convs: str = ""
-
-
 def load_float(pt: Path) -> nn.Module:
     """The float model of a checkpoint (ModelOpt quantizers removed from QAT checkpoints)."""
     from ultralytics.nn.tasks import load_checkpoint
@@ -382,42 +457,216 @@ def load_float(pt: Path) -> nn.Module:
     return model
 
 
-def validate(b: Bench, name: str, model: Path, batch: int) -> tuple[float, float]:
+def validate(ctx: Ctx, model: Path, batch: int, name: str = "val") -> tuple[float, float]:
     """mAP50-95 and mAP50 of a .pt or .onnx file from Ultralytics' validator on the val split."""
     from ultralytics import YOLO
 
-    args = {"data": b.data, "imgsz": b.cfg.imgsz, "batch": batch, "plots": False, "device": "cpu", "verbose": False}
-    metrics = YOLO(str(model), task="detect").val(**args, project=str(b.cfg.work / "val"), name=name, exist_ok=True)
+    args = {"data": ctx.data, "imgsz": ctx.cfg.data.imgsz, "batch": batch, "plots": False, "device": "cpu"}
+    metrics = YOLO(str(model), task="detect").val(**args, verbose=False, project=str(ctx.dir), name=name,
+                                                  exist_ok=True)  # fmt: skip
     return float(metrics.box.map), float(metrics.box.map50)
 
 
-def measure(b: Bench, row: Row, art: Artifact) -> Measured:
-    """Counters from the float model, mAP from Ultralytics' validator (the ONNX file for INT8 rows), the ONNX file."""
-    from ultralytics import YOLO
-    from ultralytics.utils.torch_utils import get_flops, get_num_params
-
-    model = load_float(art.pt)
-    params, gflops = get_num_params(model), get_flops(model, b.cfg.imgsz)
-    nonzero = sum(int(p.count_nonzero()) for p in model.parameters())
-    onnx = art.onnx
-    if onnx is None:  # float rows: a stock ONNX export of a copy of the checkpoint
-        pt = Path(shutil.copy(art.pt, b.fresh_dir("export", row.name) / "model.pt"))
-        onnx = Path(YOLO(pt).export(format="onnx", imgsz=b.cfg.imgsz, simplify=False))
-    on_onnx = validate(b, row.name, onnx, 1)
-    map50_95, map50 = on_onnx if row.int8 else validate(b, row.name, art.pt, b.cfg.batch)
-    return Measured(
-        params=params,
-        nonzero=nonzero,
-        gflops=gflops,
-        onnx=onnx,
-        onnx_mb=onnx.stat().st_size / 1e6,
-        gzip_mb=len(gzip.compress(onnx.read_bytes(), 6)) / 1e6,
-        map50_95=map50_95,
-        map50=map50,
-        onnx_map50_95=on_onnx[0],
-    )
+def curve(run: Path | None) -> list[float]:
+    """Val mAP50-95 after each epoch (1-based index - 1) from the run's results.csv; a repeated epoch keeps its last."""
+    if run is None or not (run / "results.csv").exists():
+        return []
+    with open(run / "results.csv") as f:
+        by_epoch = {
+            int(float(r["epoch"])): float(r["metrics/mAP50-95(B)"]) for r in csv.DictReader(f, skipinitialspace=True)
+        }
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
+def measured(make: Callable[[Ctx], Made]) -> Callable[[Ctx], dict]:
+    """A producer followed by the measurements every row gets, in the same worker: counters from the float model,
+    mAP of the checkpoint (INT8 rows: of the INT8 ONNX) and of its ONNX file, the ONNX files that latency will time."""
+
+    def run(ctx: Ctx) -> dict:
+        from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+        made = make(ctx)
+        imgsz = ctx.cfg.data.imgsz
+        model = load_float(made.pt)
+        onnx = made.onnx or export(made.pt, ctx.dir / "onnx", imgsz)
+        onnx640 = made.onnx640 if made.onnx else None
+        if ctx.job.seed == 0 and onnx640 is None:  # latency is timed on seed 0
+            onnx640 = export(made.pt, ctx.dir / "onnx-640", DEPLOY)
+        onnx_map = validate(ctx, onnx, 1, "val-onnx")
+        pt_map = onnx_map if made.onnx else validate(ctx, made.pt, ctx.cfg.batch)
+        return {
+            "pt": str(made.pt),
+            "int8": made.onnx is not None,
+            "onnx": str(onnx),
+            "onnx640": onnx640 and str(onnx640),
+            "epochs": made.epochs,
+            "train_s": made.seconds,
+            "params": get_num_params(model),
+            "nonzero": sum(int(p.count_nonzero()) for p in model.parameters()),
+            "gflops": get_flops(model, imgsz),
+            "onnx_mb": onnx.stat().st_size / 1e6,
+            "gzip_mb": len(gzip.compress(onnx.read_bytes(), 6)) / 1e6,
+            "map50_95": pt_map[0],
+            "map50": pt_map[1],
+            "onnx_map50_95": onnx_map[0],
+            "curve": curve(made.run),
+            "prune_at": list(made.prune_at),
+        }
+
+    return run
+
+
+def val_noise(ctx: Ctx) -> dict:
+    """The val set's own noise: the same weights validated twice as .pt (batch 16 and 1) and twice as ONNX."""
+    pt = ctx.pt("baseline")
+    onnx = export(pt, ctx.dir / "onnx", ctx.cfg.data.imgsz)
+    labels = Path(ctx.data).parent / "labels" / "val"
+    return {
+        "pt_b16": [validate(ctx, pt, 16, f"pt{i}")[0] for i in range(2)],
+        "pt_b1": validate(ctx, pt, 1, "pt-b1")[0],
+        "onnx_b1": [validate(ctx, onnx, 1, f"onnx{i}")[0] for i in range(2)],
+        "images": len(list(labels.glob("*.txt"))),
+        "objects": sum(len(p.read_text().splitlines()) for p in labels.glob("*.txt")),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- scheduling
+def package_hash() -> str:
+    """A hash of the plugin's source and recipes: a row trained by other code is not reused."""
+    root = Path(importlib.util.find_spec("ultralytics_slim").submodule_search_locations[0])
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.suffix in {".py", ".yaml"}:
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def plan(cfg: Config, specs: dict[str, Row]) -> dict[str, Job]:
+    """Every job the asked-for rows need, dependencies first, each with a key of everything that decides its result."""
+    from importlib.metadata import version
+
+    wanted = set(specs) if ALL in cfg.rows else set(cfg.rows)
+    unknown = wanted - set(specs)
+    if unknown:
+        raise SystemExit(f"unknown rows {sorted(unknown)}; choose from {', '.join(specs)}")
+    for name in reversed(list(specs)):  # specs are in dependency order: one reverse pass collects what is read
+        if name in wanted:
+            wanted |= {d.row for d in specs[name].deps}
+    common = (FORMAT, cfg.data.key, cfg.train_args(), version("ultralytics"), version("torch"))
+    source = package_hash()
+    jobs: dict[str, Job] = {}
+    for name, row in specs.items():
+        if name not in wanted:
+            continue
+        for seed in range(cfg.seeds if row.claim else 1):
+            deps = tuple((d.row, f"{d.row}@{seed if d.same_seed else 0}") for d in row.deps)
+            code = None if row.stock else source
+            key = digest(common, row.fingerprint(), seed, [jobs[j].key for _, j in deps], code)
+            jobs[f"{name}@{seed}"] = Job(name, seed, key, deps, code)
+    return jobs
+
+
+def record_path(cfg: Config, job: Job) -> Path:
+    return cfg.work / "records" / f"{job.id}-{job.key}.json"
+
+
+def log_path(cfg: Config, job: Job) -> Path:
+    return cfg.work / "logs" / f"{job.id}-{job.key}.log"
+
+
+def work(cfg: Config, data: str, job: Job, deps: dict[str, dict]) -> None:
+    """Run one job in this (fresh) process with its output in its log file, and store its record."""
+    log = log_path(cfg, job)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+        os.dup2(fd, stream.fileno())
+    if job.source is not None and package_hash() != job.source:  # the key would name results of other code
+        raise RuntimeError("ultralytics_slim changed since this benchmark started; run it again to redo its rows")
+    t = time.perf_counter()
+    row = row_specs(cfg)[job.row]
+    record = row.run(Ctx(cfg, data, job, deps, row.epochs, row.train))
+    record |= {"row": job.row, "seed": job.seed, "key": job.key, "job_s": time.perf_counter() - t}
+    path = record_path(cfg, job)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)  # atomic: a record exists whole or not at all
+
+
+def priorities(jobs: dict[str, Job], specs: dict[str, Row]) -> dict[str, float]:
+    """Each job's cost plus the longest chain of jobs waiting for it: start the long chains first."""
+    children: dict[str, list[str]] = {j: [] for j in jobs}
+    for j, job in jobs.items():
+        for _, dep in job.deps:
+            children[dep].append(j)
+    out: dict[str, float] = {}
+    for j in reversed(list(jobs)):  # jobs are in dependency order
+        out[j] = specs[jobs[j].row].cost + max((out[c] for c in children[j]), default=0.0)
+    return out
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log: the exception of a failed job."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
+    return lines[-1].strip() if lines else "no output"
+
+
+def execute(cfg: Config, data: str, jobs: dict[str, Job], specs: dict[str, Row]) -> tuple[dict[str, dict], list[str]]:
+    """Run the jobs without a stored record, `cfg.workers` at a time, each in a fresh process, longest chains first.
+
+    Returns the records and the jobs that failed or could not start because a job they read failed. Stopping the
+    benchmark (Ctrl-C, SIGTERM) stops its trainings; their last epoch is kept and resumed by the next invocation.
+    """
+    from ultralytics.utils import LOGGER
+
+    records = {
+        j: json.loads(record_path(cfg, job).read_text()) for j, job in jobs.items() if record_path(cfg, job).exists()
+    }
+    if records:
+        LOGGER.info(f"Benchmark: {len(records)}/{len(jobs)} jobs already done: {', '.join(records)}")
+    todo, failed = [j for j in jobs if j not in records], []
+    rank = priorities(jobs, specs)
+    spawn = multiprocessing.get_context("spawn")
+    running: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` below
+    try:
+        while todo or running:
+            ready = sorted((j for j in todo if all(d in records for _, d in jobs[j].deps)), key=lambda j: -rank[j])
+            for j in ready[: cfg.workers - len(running)]:
+                deps = {row: records[d] for row, d in jobs[j].deps}
+                running[j] = spawn.Process(target=work, args=(cfg, data, jobs[j], deps), name=j)
+                running[j].start()
+                todo.remove(j)
+                LOGGER.info(f"Benchmark: started {j} (log: {log_path(cfg, jobs[j])})")
+            if not running:
+                break  # what is left reads a failed job
+            multiprocessing.connection.wait([p.sentinel for p in running.values()])
+            for j in [j for j, p in running.items() if not p.is_alive()]:
+                running.pop(j).join()
+                at = f"[{(time.perf_counter() - t0) / 60:.1f} min]"
+                if record_path(cfg, jobs[j]).exists():
+                    records[j] = rec = json.loads(record_path(cfg, jobs[j]).read_text())
+                    what = f": mAP50-95 {rec['map50_95']:.3f}" if "map50_95" in rec else ""
+                    LOGGER.info(f"Benchmark: finished {j} in {rec['job_s'] / 60:.1f} min{what} {at}")
+                else:
+                    failed.append(j)
+                    LOGGER.error(f"Benchmark: {j} failed: {last_line(log_path(cfg, jobs[j]))} {at}")
+    finally:
+        for p in running.values():
+            p.terminate()
+            p.join()
+        signal.signal(signal.SIGTERM, previous)
+    return records, failed + todo
+
+
+# ---------------------------------------------------------------------------------------------------------- latency
 def ort_runner(onnx: Path, x: np.ndarray) -> Callable[[], Any]:
     """A batch-1 onnxruntime CPU session with 2 intra-op threads that do not spin between runs."""
     import onnxruntime as ort
@@ -454,122 +703,261 @@ def ov_int8_convs(compiled: Any) -> str:
     return f"{int8}/{len(precisions)}"
 
 
-def time_all(results: dict[str, Measured], imgsz: int, runs: int) -> None:
-    """Median-ready batch-1 latencies of every model in both runtimes, interleaved: each round runs every model once,
-    starting at a different model each round, so that the machine's noise is shared by all of them."""
+def time_all(files: dict[str, Path], imgsz: int, runs: int) -> dict[str, dict[str, Any]]:
+    """Batch-1 latencies (ms) of every ONNX file in onnxruntime and OpenVINO, interleaved by the package's one timer."""
+    from ultralytics_slim.benchmark import interleaved_ms
+
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-    timers: list[tuple[list[float], Callable[[], Any]]] = []
-    for m in results.values():
-        compiled = ov_compile(m.onnx)
-        m.ov_int8_convs = ov_int8_convs(compiled)
+    out, fns = {}, []
+    for name, onnx in files.items():
+        compiled = ov_compile(onnx)
         request = compiled.create_infer_request()
-        timers += [(m.ort_ms, ort_runner(m.onnx, x)), (m.ov_ms, lambda r=request: r.infer({0: x}))]
-    for _, run in timers:
-        for _ in range(WARMUP):
-            run()
-    for i in range(runs):
-        for times, run in timers[i % len(timers) :] + timers[: i % len(timers)]:
-            t = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t) * 1e3)
+        out[name] = {"int8_convs": ov_int8_convs(compiled)}
+        fns += [ort_runner(onnx, x), lambda r=request: r.infer({0: x})]
+    times = interleaved_ms(fns, runs, WARMUP)
+    for i, name in enumerate(files):
+        out[name] |= {"ort": times[2 * i], "ov": times[2 * i + 1]}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------- report
-def machine() -> str:
-    """CPU model, the ISA flags that matter for int8/f32 kernels, cores and installed package versions."""
-    from importlib.metadata import PackageNotFoundError, version
+def mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
-    from ultralytics.utils import NUM_THREADS
 
-    lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(info.get("Flags", "").split())
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    missing = [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f not in flags]
-    versions = [f"python {platform.python_version()}"]
-    for dist in (
-        "torch",
-        "ultralytics",
-        "ultralytics-slim",
-        "torch-pruning",
-        "nvidia-modelopt",
-        "onnx",
-        "onnxruntime",
-        "openvino",
-    ):
-        try:
-            versions.append(f"{dist} {version(dist)}")
-        except PackageNotFoundError:
-            versions.append(f"{dist} -")
-    return (
-        f"- CPU: {info.get('Model name', platform.processor()).strip()}, {os.cpu_count()} cores visible; "
-        f"flags: {', '.join(isa)} (no {', '.join(missing) or '-'}); Ultralytics trains and validates in torch on "
-        f"{NUM_THREADS} thread(s) (its cpu_count - 1)\n"
-        f"- Versions: {', '.join(versions)}\n"
-        f"- Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (the machine is shared)"
-    )
+def verdict(a: list[float], b: list[float]) -> str:
+    """Whether mean(a) is above or below mean(b) by more than both standard deviations, or within noise."""
+    if len(a) < 2 or len(b) < 2:
+        return ""  # one seed: no spread, no claim
+    d = statistics.fmean(a) - statistics.fmean(b)
+    if abs(d) > statistics.stdev(a) and abs(d) > statistics.stdev(b):
+        return "beats" if d > 0 else "below"
+    return "within noise"
+
+
+def plateau(values: list[float], window: int = 10) -> dict[str, Any]:
+    """The convergence check: what the last `window` epochs added to the best mAP before them (NaN for a run not
+    longer than that), and the first epoch at which the run came within PLATEAU of its final best."""
+    best = max(values)
+    gain = best - max(values[:-window]) if len(values) > window else float("nan")
+    needed = next(e + 1 for e in range(len(values)) if max(values[: e + 1]) >= best - PLATEAU)
+    return {"epochs": len(values), "best": best, "last_gain": gain, "converged": gain < PLATEAU, "needed": needed}
+
+
+def pm(xs: list[float]) -> str:
+    """`mean ± std`, or the value alone for one seed."""
+    m, s = mean_std(xs)
+    return f"{m:.3f}" + (f" ± {s:.3f}" if s is not None else "")
+
+
+def by_row(specs: dict[str, Row], records: dict[str, dict]) -> dict[str, list[dict]]:
+    """Records grouped by row, in display order, seeds ascending."""
+    out: dict[str, list[dict]] = {}
+    for rec in sorted(records.values(), key=lambda r: r["seed"]):
+        out.setdefault(rec["row"], []).append(rec)
+    return {name: out[name] for name, row in specs.items() if name in out and row.table}
+
+
+def accuracy_table(specs: dict[str, Row], rows: dict[str, list[dict]]) -> str:
+    """Mean +- std over seeds of every row, with its difference to baseline+F and whether that exceeds the spreads."""
+    ref = [r["map50_95"] for r in rows.get("baseline+F", [])]
+    head = ["row", "what", "seeds", "epochs", "train min", "mAP50-95", "mAP50", "ONNX mAP50-95", "d base+F",
+            "vs base+F"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, recs in rows.items():
+        maps = [r["map50_95"] for r in recs]
+        cells = [
+            f"**{name}**" + (" (INT8)" if recs[0]["int8"] else ""),
+            specs[name].what,
+            str(len(recs)),
+            str(recs[0]["epochs"]),
+            f"{statistics.fmean(r['train_s'] for r in recs) / 60:.1f}",
+            pm(maps),
+            pm([r["map50"] for r in recs]),
+            pm([r["onnx_map50_95"] for r in recs]),
+            f"{statistics.fmean(maps) - statistics.fmean(ref):+.3f}" if ref and name != "baseline+F" else "",
+            verdict(maps, ref) if ref and name != "baseline+F" else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CLAIMS = (  # (row A, row B, target on mean(A) - mean(B) in mAP50-95, what it means); targets from the issues
+    ("slim-50", "baseline+F", -0.010, "prune.yaml at 50% MACs within 1 point of the same-budget baseline"),
+    ("slim-50+distill", "slim-50", 0.005, "distillation adds at least 0.5 point"),
+    ("slim-50", "scratch-50", 0.0, "pruning beats the pruned architecture trained from scratch for E + F epochs"),
+    ("v8s-slim", "baseline+F", 0.0, "YOLOv8s pruned to YOLOv8n's MACs beats YOLOv8n trained the same E + F epochs"),
+)
+
+
+def claims_table(rows: dict[str, list[dict]]) -> str:
+    """The comparisons the project's targets are about, each with its spreads, verdict and target."""
+    head = ["A", "B", "mean A - B", "std A", "std B", "verdict", "target", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, b, target, means in CLAIMS:
+        if a not in rows or b not in rows:
+            continue
+        xa, xb = [r["map50_95"] for r in rows[a]], [r["map50_95"] for r in rows[b]]
+        d = statistics.fmean(xa) - statistics.fmean(xb)
+        sa, sb = mean_std(xa)[1], mean_std(xb)[1]
+        cells = [a, b, f"{d:+.3f}", f"{sa:.3f}" if sa is not None else "-", f"{sb:.3f}" if sb is not None else "-",
+                 verdict(xa, xb).replace("beats", f"{a} beats {b}").replace("below", f"{a} below {b}"),
+                 f"{target:+.3f}: {means}", "yes" if d >= target else "no"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def table(rows_: list[Row], arts: dict[str, Artifact], res: dict[str, Measured]) -> str:
-    """One Markdown table; ratios and deltas against the baseline (and baseline+F) measured in this run."""
-    base, ref = res["baseline"], res.get("baseline+F")
-    head = [
-        "row", "what", "epochs", "train s", "params M", "GFLOPs", "MACs x", "ONNX MB", "size x", "gzip MB",
-        "mAP50-95", "mAP50", "ONNX mAP50-95", "d base", "d base+F", "ORT ms", "ORT x", "OV ms", "OV x", "OV int8 convs",
-    ]  # fmt: skip
+def speed_table(rows: dict[str, list[dict]], lat: dict[str, dict], imgsz: int) -> str:
+    """Size and batch-1 latency of seed 0 of every row, ratios against the baseline."""
+    base, base_lat = rows["baseline"][0], lat.get("baseline")
+    head = ["row", "params M", "GFLOPs", "MACs x", "ONNX MB", "size x", "gzip MB"]
+    for size in (imgsz, DEPLOY):
+        head += [f"ORT ms {size}", "ORT x", f"OV ms {size}", "OV x"]
+    head.append("OV int8 convs")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows_:
-        m, a = res[row.name], arts[row.name]
-        params = f"{m.params / 1e6:.3f}" + (f" ({m.nonzero / 1e6:.3f} nonzero)" if m.nonzero < 0.95 * m.params else "")
-        cells = [
-            f"**{row.name}**" + (" (INT8)" if row.int8 else ""),
-            row.what,
-            str(a.epochs),
-            f"{a.seconds:.0f}",
-            params,
-            f"{m.gflops:.3f}",
-            f"{m.gflops / base.gflops:.2f}",
-            f"{m.onnx_mb:.2f}",
-            f"{m.onnx_mb / base.onnx_mb:.2f}",
-            f"{m.gzip_mb:.2f}",
-            f"{m.map50_95:.3f}",
-            f"{m.map50:.3f}",
-            f"{m.onnx_map50_95:.3f}",
-            f"{m.map50_95 - base.map50_95:+.3f}",
-            f"{m.map50_95 - ref.map50_95:+.3f}" if ref else "",
-            f"{med(m.ort_ms):.2f} ({np.percentile(m.ort_ms, 25):.2f}-{np.percentile(m.ort_ms, 75):.2f})",
-            f"{med(base.ort_ms) / med(m.ort_ms):.2f}",
-            f"{med(m.ov_ms):.2f} ({np.percentile(m.ov_ms, 25):.2f}-{np.percentile(m.ov_ms, 75):.2f})",
-            f"{med(base.ov_ms) / med(m.ov_ms):.2f}",
-            m.ov_int8_convs,
-        ]
+    for name, recs in rows.items():
+        m = recs[0]
+        params = f"{m['params'] / 1e6:.3f}"
+        if m["nonzero"] < 0.95 * m["params"]:
+            params += f" ({m['nonzero'] / 1e6:.3f} nonzero)"
+        cells = [f"**{name}**" + (" (INT8)" if m["int8"] else ""), params, f"{m['gflops']:.3f}",
+                 f"{m['gflops'] / base['gflops']:.2f}", f"{m['onnx_mb']:.2f}", f"{m['onnx_mb'] / base['onnx_mb']:.2f}",
+                 f"{m['gzip_mb']:.2f}"]  # fmt: skip
+        t = lat.get(name)
+        for size in ("train", "deploy"):
+            for rt in ("ort", "ov"):
+                if t and base_lat:
+                    xs = t[size][rt]
+                    q1, q3 = np.percentile(xs, [25, 75])
+                    cells += [f"{med(xs):.2f} ({q1:.2f}-{q3:.2f})", f"{med(base_lat[size][rt]) / med(xs):.2f}"]
+                else:
+                    cells += ["", ""]
+        cells.append(t["train"]["int8_convs"] if t else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-LEGEND = """\
-Columns: `epochs`/`train s` = epochs trained and wall seconds to produce the row from the baseline (training, pruning,
-QAT export or PTQ calibration; the baseline row: its own training). `params M` = parameters stored (nonzero in
-brackets where much lower), `GFLOPs` = `ultralytics.utils.torch_utils.get_flops` at the benchmark image size,
-`MACs x` = GFLOPs / baseline GFLOPs. `ONNX MB` = file size of the batch-1 ONNX export (`simplify=False`), `gzip MB` =
-that file gzip-compressed (what zeros are worth in storage). `mAP50-95`/`mAP50` = Ultralytics `val` on the val split:
-the `.pt` checkpoint (batch 16) for float rows, the ONNX file (onnxruntime, batch 1) for INT8 rows; `ONNX mAP50-95` =
-the ONNX file of every row validated the same way (read INT8 effects on this column: the .pt and ONNX paths of one
-float model differ by up to ~0.01 on this small val set). `d base`/`d base+F` = mAP50-95 minus that of the baseline /
-of baseline+F (the fair reference: the same total epochs). Latency = batch 1, median
-(25th-75th percentile) in ms of {runs} timed runs per model after {warmup} warm-up runs, interleaved round-robin across
-all models and both runtimes; onnxruntime CPU EP with 2 intra-op threads; OpenVINO CPU with 2 threads, 1 stream,
-f32 inference precision (int8 where the graph has Q/DQ). `ORT x`/`OV x` = baseline latency / row latency in the same
-runtime. `OV int8 convs` = convolutions that OpenVINO's execution graph runs in u8/i8 precision.
+def convergence(rows: dict[str, list[dict]]) -> str:
+    """The baselines' curves in numbers, and the verdict: F more stock epochs (the +F control) must add less than
+    PLATEAU to the baseline; without that control, the in-run rule (the last 10 epochs) decides. The in-run rule is
+    the stricter one: Ultralytics turns mosaic off for the last 10 epochs (`close_mosaic`), which lifts them too."""
+    lines, in_run = [], None
+    for name, label in (("baseline", "YOLOv8n baseline"), ("teacher-v8s", "YOLOv8s teacher")):
+        if name not in rows or not rows[name][0]["curve"]:
+            continue
+        c = rows[name][0]["curve"]
+        p = plateau(c)
+        in_run = p["converged"] if name == "baseline" else in_run
+        every = ", ".join(f"{e}: {c[e - 1]:.3f}" for e in range(5, len(c) + 1, 5))
+        gain = f"{p['last_gain'] * 100:+.2f} points" if p["last_gain"] == p["last_gain"] else "n/a (too short)"
+        lines.append(
+            f"- **{label}** ({p['epochs']} epochs): best val mAP50-95 {p['best']:.3f}, first within "
+            f"{PLATEAU * 100:.1f} point of it at epoch {p['needed']}; its last 10 epochs added {gain}. "
+            f"Curve (epoch: mAP50-95): {every}."
+        )
+    if "baseline+F" in rows and "baseline" in rows:
+        ref, base = [r["map50_95"] for r in rows["baseline+F"]], rows["baseline"][0]["map50_95"]
+        gain = statistics.fmean(ref) - base
+        lines.append(
+            f"- **Converged?** {rows['baseline+F'][0]['epochs']} more stock epochs (baseline+F, {len(ref)} seed(s): "
+            f"{pm(ref)}) add {gain * 100:+.2f} points to the baseline's {base:.3f} (rule: < {PLATEAU * 100:.1f}): "
+            + ("**yes**" if gain < PLATEAU else "**no: raise --epochs**")
+        )
+    elif in_run is not None:
+        lines.append(f"- **Converged?** By its last 10 epochs: {'**yes**' if in_run else '**no: raise --epochs**'}")
+    return "\n".join(lines)
 
-Training: every run is a stock `YOLO(...).train(data, epochs, imgsz, batch=16, nbs=16, workers=0, seed=0)` (the slim
-rows add `slim=`); `nbs=16` gives an optimizer step per batch (the default nbs=64 would give 2 per epoch on this small
-set). Every variant starts from the baseline's best.pt; best.pt of each run is measured.
+
+def noise(rows: dict[str, list[dict]], records: dict[str, dict]) -> str:
+    """What the val set's numbers move by without any change of method."""
+    lines = []
+    if (n := records.get("val-noise@0")) is not None:
+        a, b = n["pt_b16"]
+        c, d = n["onnx_b1"]
+        lines += [
+            f"- Val split: {n['images']} images, {n['objects']} labeled objects.",
+            (
+                f"- The baseline's best.pt validated twice (.pt, batch 16): {a:.4f} and {b:.4f} (difference "
+                f"{b - a:+.4f}); at batch 1: {n['pt_b1']:.4f}. Its ONNX file twice (onnxruntime, batch 1): {c:.4f} and "
+                f"{d:.4f} (difference {d - c:+.4f}); .pt - ONNX: {a - c:+.4f} (letterboxing: the .pt validator pads "
+                "each batch to its own rectangle, the ONNX file takes a fixed square)."
+            ),
+        ]
+    spreads = [(name, len(recs), mean_std([r["map50_95"] for r in recs])[1]) for name, recs in rows.items()]
+    if any(n > 1 for _, n, _ in spreads):
+        lines.append(
+            "- Seed-to-seed standard deviation of mAP50-95 (run-to-run noise of training and val together): "
+            + ", ".join(f"{name} {s * 100:.2f} points ({n} seeds)" for name, n, s in spreads if n > 1)
+            + ". A difference of means smaller than either row's spread is reported as within noise."
+        )
+    return "\n".join(lines)
+
+
+LEGEND = """\
+Columns: `seeds` = trainings of the row with seeds 0..n-1 (Ultralytics `seed=`: data order, augmentation and, for
+scratch rows, the initialization); figures are mean ± sample standard deviation over them. `epochs`/`train min` =
+epochs trained and minutes of training (plus INT8 export or PTQ calibration) to produce the row from its starting
+model, per seed. `mAP50-95`/`mAP50` = Ultralytics `val` on the val split: the `.pt` checkpoint (batch 16) for float
+rows, the INT8 ONNX file (onnxruntime, batch 1) for INT8 rows; `ONNX mAP50-95` = the ONNX file of every row validated
+the same way. `d base+F` = mean mAP50-95 minus that of baseline+F (the same starting model trained the same extra
+epochs without compression). `vs base+F`: "beats"/"below" only when that difference exceeds both rows' standard
+deviations, "within noise" otherwise; rows with one seed make no claim.
+
+Size and speed (seed 0 of each row): `params M` = parameters stored (nonzero in brackets where much lower),
+`GFLOPs` = `ultralytics.utils.torch_utils.get_flops` at the training size, `MACs x` = GFLOPs / baseline GFLOPs.
+`ONNX MB` = the batch-1 ONNX export (`simplify=False`), `gzip MB` = that file gzip-compressed. Latency = batch 1,
+median (25th-75th percentile) in ms of {runs} timed runs per model after {warmup} warm-up runs, interleaved
+round-robin across all models and both runtimes (`ultralytics_slim.benchmark.interleaved_ms`), once at the training
+size and once at {deploy} px (latency does not depend on the training resolution); onnxruntime CPU EP with 2
+intra-op threads; OpenVINO CPU with 2 threads, 1 stream, f32 inference precision (int8 where the graph has Q/DQ).
+`ORT x`/`OV x` = baseline latency / row latency in the same runtime and size. `OV int8 convs` = convolutions that
+OpenVINO's execution graph runs in u8/i8 precision.
+
+Training: every run is a stock `YOLO(...).train(data, epochs, imgsz, batch=16, nbs=16, workers=0, seed=s)` (the slim
+rows add `slim=`); `nbs=16` gives an optimizer step per batch. Runs from scratch (baseline, teacher-v8s, scratch-50)
+add `optimizer=SGD, lr0=0.01`, which converges in far fewer epochs here than the AdamW that `optimizer=auto` picks for
+short runs; every other row starts from the baseline's best.pt (v8s-slim from the YOLOv8s teacher's) with
+`optimizer=auto`, as a user's fine-tuning would. best.pt of each run is measured.
 """
+
+
+def curves(specs: dict[str, Row], rows: dict[str, list[dict]], path: Path) -> None:
+    """Val mAP50-95 per epoch of every trained row (each seed a line), pruning steps marked, in three panels."""
+    from matplotlib import colormaps
+
+    from ultralytics_slim.report import figure
+
+    panels = {
+        "scratch": "from scratch",
+        "claims": "claim rows: after the baseline (dashed: the baseline's best)",
+        "others": "other rows: after the baseline",
+    }
+    fig = figure(figsize=(18, 5.5))
+    axes = dict(zip(panels, fig.subplots(1, 3)))
+    colours = colormaps["tab10"].colors + colormaps["Dark2"].colors
+    for i, (name, recs) in enumerate(r for r in rows.items() if specs[r[0]].group in panels):
+        ax, c = axes[specs[name].group], colours[i % len(colours)]
+        for j, rec in enumerate(recs):
+            ys = rec["curve"]
+            ax.plot(range(1, len(ys) + 1), ys, color=c, lw=1.2, alpha=0.85, label=name if j == 0 else None)
+            for e in rec["prune_at"]:  # a step at the start of 0-based epoch e: between val points e and e + 1
+                y = ys[e - 1] if e >= 1 and len(ys) >= e else ys[0]
+                ax.plot(e + 0.5, y, marker="v", color=c, ms=6, ls="none")
+    if "baseline" in rows:
+        for g in ("claims", "others"):
+            axes[g].axhline(rows["baseline"][0]["map50_95"], color="gray", ls="--", lw=1)
+    for g, ax in axes.items():
+        ax.set(title=panels[g], xlabel="epoch of the run (▼: a pruning step before the next epoch)",
+               ylabel="val mAP50-95")  # fmt: skip
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
 
 
 def label_points(ax: Any, points: list[tuple[float, float, str, dict]]) -> None:
@@ -587,98 +975,188 @@ def label_points(ax: Any, points: list[tuple[float, float, str, dict]]) -> None:
         ax.annotate(text, (x, y), xytext=(4, dy), textcoords="offset points", **style, **line)
 
 
-def pareto(rows_: list[Row], res: dict[str, Measured], path: Path) -> None:
-    """ONNX mAP50-95 vs batch-1 CPU latency (onnxruntime filled, OpenVINO hollow) and vs ONNX file size."""
-    import matplotlib
+def pareto(rows: dict[str, list[dict]], lat: dict[str, dict], path: Path) -> None:
+    """Mean ONNX mAP50-95 (bars: std over seeds) vs batch-1 CPU latency at 640 px and vs ONNX file size."""
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ultralytics_slim.report import figure
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6.5))
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(rows_), 2)))
+    fig = figure(figsize=(15, 6.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    named = [n for n in rows if n in lat]
+    colors = colormaps["tab20"](np.linspace(0, 1, max(len(named), 2)))
     left, right = [], []
-    for row, c in zip(rows_, colors):
-        m = res[row.name]
-        marker, y = ("s" if row.int8 else "o"), m.onnx_map50_95
-        ax1.scatter(med(m.ort_ms), y, color=c, marker=marker, s=50)
-        ax1.scatter(med(m.ov_ms), y, facecolors="none", edgecolors=c, marker=marker, s=50)
-        ax2.scatter(m.onnx_mb, y, color=c, marker=marker, s=50)
+    for name, c in zip(named, colors):
+        recs, t = rows[name], lat[name]["deploy"]
+        y, s = mean_std([r["onnx_map50_95"] for r in recs])
+        marker = "s" if recs[0]["int8"] else "o"
+        hollow = {"facecolors": "none", "edgecolors": c}
+        for ax, x, style in ((ax1, med(t["ort"]), {"color": c}), (ax1, med(t["ov"]), hollow),
+                             (ax2, recs[0]["onnx_mb"], {"color": c})):  # fmt: skip
+            ax.scatter(x, y, marker=marker, s=50, **style)
+            if s is not None:
+                ax.errorbar(x, y, yerr=s, color=c, lw=1, capsize=2)
         left += [
-            (med(m.ort_ms), y, row.name, {"fontsize": 7}),
-            (med(m.ov_ms), y, f"{row.name} (OV)", {"fontsize": 6, "color": "gray"}),
+            (med(t["ort"]), y, name, {"fontsize": 7}),
+            (med(t["ov"]), y, f"{name} (OV)", {"fontsize": 6, "color": "gray"}),
         ]
-        right.append((m.onnx_mb, y, row.name, {"fontsize": 7}))
+        right.append((recs[0]["onnx_mb"], y, name, {"fontsize": 7}))
     label_points(ax1, left)
     label_points(ax2, right)
-    ax1.set(
-        xlabel="batch-1 CPU latency, ms (filled: onnxruntime, hollow: OpenVINO; squares: INT8)",
-        ylabel="mAP50-95 of the ONNX file",
-    )
-    ax2.set(xlabel="ONNX file size, MB", ylabel="mAP50-95 of the ONNX file")
+    ax1.set(xlabel=f"batch-1 CPU latency at {DEPLOY} px, ms (filled: onnxruntime, hollow: OpenVINO; squares: INT8)",
+            ylabel="mAP50-95 of the ONNX file (mean ± std over seeds)")  # fmt: skip
+    ax2.set(xlabel="ONNX file size, MB", ylabel="mAP50-95 of the ONNX file (mean ± std over seeds)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    fig.suptitle("ultralytics-slim on the synthetic detection set (2 CPU threads)")
-    fig.tight_layout()
+    fig.suptitle("ultralytics-slim on the hard synthetic detection set (2 CPU threads)")
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def write_results(
-    cfg: Config, rows_: list[Row], arts: dict[str, Artifact], res: dict[str, Measured], out: Path, wall: float
-) -> str:
-    """RESULTS.md: the table, the legend, the setup and the machine."""
-    md = table(rows_, arts, res)
-    text = (
-        f"# ultralytics-slim benchmark ({'quick' if cfg.quick else 'full'})\n\n"
-        f"{md}\n\n{LEGEND.format(runs=cfg.runs, warmup=WARMUP)}\n"
-        f"## Setup\n\n"
-        f"- Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`\n"
-        f"- Date: {datetime.now().astimezone().isoformat(timespec='seconds')}; wall time {wall / 60:.1f} min\n"
-        f"- Data/budget: {cfg.describe()}\n"
-        f"- Latency: {cfg.runs} timed runs per model and runtime, {WARMUP} warm-up runs, batch 1, "
-        f"{cfg.imgsz}x{cfg.imgsz}\n"
-        f"{machine()}\n"
+def machine() -> str:
+    """CPU model, the ISA flags that matter for int8/f32 kernels, cores and installed package versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ultralytics.utils import NUM_THREADS
+
+    lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
+    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(info.get("Flags", "").split())
+    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    missing = [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f not in flags]
+    versions = [f"python {platform.python_version()}"]
+    for dist in ("torch", "ultralytics", "ultralytics-slim", "torch-pruning", "nvidia-modelopt", "onnx", "onnxruntime",
+                 "openvino"):  # fmt: skip
+        try:
+            versions.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            versions.append(f"{dist} -")
+    return (
+        f"- CPU: {info.get('Model name', platform.processor()).strip()}, {os.cpu_count()} cores visible; "
+        f"flags: {', '.join(isa)} (no {', '.join(missing) or '-'}); Ultralytics trains and validates in torch on "
+        f"{NUM_THREADS} thread(s) (its cpu_count - 1)\n"
+        f"- Versions: {', '.join(versions)}\n"
+        f"- Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (the machine is shared)"
     )
-    (out / "RESULTS.md").write_text(text)
-    return md
+
+
+def write_report(cfg: Config, specs: dict[str, Row], records: dict[str, dict], lat: dict[str, dict], failed: list[str],
+                 out: Path, wall: float) -> None:  # fmt: skip
+    """RESULTS.md (tables, convergence, noise, legend, setup), curves.png and pareto.png in `out`."""
+    rows = by_row(specs, records)
+    trained = sum(r["train_s"] for r in records.values() if "train_s" in r)
+    text = [
+        f"# ultralytics-slim benchmark ({cfg.mode})\n",
+        "## Accuracy\n",
+        accuracy_table(specs, rows),
+        "\n## Claims\n",
+        claims_table(rows),
+        "\n## Size and speed\n",
+        speed_table(rows, lat, cfg.data.imgsz),
+        "\n## Baseline convergence\n",
+        convergence(rows),
+        "\n## Noise\n",
+        noise(rows, records),
+        "\n## Curves\n",
+        "![val mAP50-95 per epoch](curves.png)\n\n![accuracy vs latency and size](pareto.png)\n",
+        LEGEND.format(runs=cfg.runs, warmup=WARMUP, deploy=DEPLOY),
+        "## Setup\n",
+        f"- Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
+        (
+            f"- Date: {datetime.now().astimezone().isoformat(timespec='seconds')}; wall time of this invocation "
+            f"{wall / 60:.1f} min; training time of all rows {trained / 60:.0f} min ({cfg.workers} side by side)"
+        ),
+        f"- Data: {cfg.data.describe()} (`benchmarks/data.py`)",
+        (
+            f"- Budget: E = {cfg.epochs} epochs from scratch, F = {cfg.finetune} epochs after the baseline; "
+            f"claim rows with {cfg.seeds} seed(s)"
+        ),
+        machine(),
+    ]
+    if failed:
+        text.insert(1, f"**Incomplete: {', '.join(failed)} failed or could not run (see the logs in .work/logs).**\n")
+    (out / "RESULTS.md").write_text("\n".join(text) + "\n")
+    curves(specs, rows, out / "curves.png")
+    if lat:
+        pareto(rows, lat, out / "pareto.png")
 
 
 # -------------------------------------------------------------------------------------------------------------- main
+def make_config(args: argparse.Namespace) -> Config:
+    """The preset of the chosen mode with the command line's overrides."""
+    preset = dict(PRESETS[args.mode])
+    for key in ("epochs", "finetune", "seeds", "runs"):
+        if getattr(args, key) is not None:
+            preset[key] = getattr(args, key)
+    if args.rows:
+        preset["rows"] = tuple(args.rows.split(","))
+    if args.baseline_only:
+        preset["rows"] = ("baseline+F", "teacher-v8s") if args.mode == "full" else ("baseline+F",)
+        preset["seeds"] = 1  # the +F control of seed 0 says whether the baseline has converged
+    sizes = {k: getattr(args, k) for k in ("n_train", "n_val", "imgsz") if getattr(args, k) is not None}
+    preset["data"] = replace(preset["data"], **sizes)
+    work = Path(args.work).resolve() if args.work else HERE / ".work"
+    return Config(mode=args.mode, workers=args.workers, work=work, **preset)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="the ~13 min matrix (50%% only, no teacher, no baseline-qat)")
-    p.add_argument("--out", default=str(Path(__file__).parent), help="where RESULTS.md and pareto.png go")
-    p.add_argument("--baseline", help="a trained YOLOv8n best.pt on this set, instead of training one")
-    p.add_argument("--epochs", type=int, help="override E")
-    p.add_argument("--imgsz", type=int, help="override the image size")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="a slice (~15 min on 2 cores)")
+    mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="plumbing check (minutes)")
+    p.set_defaults(mode="full")
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="only train (or find) the cached baseline(s) and the +F control that checks convergence",
+    )
+    p.add_argument("--rows", help="comma-separated rows to run (the rows they read run too); default: the preset's")
+    p.add_argument("--seeds", type=int, help="seeds of the claim rows")
+    p.add_argument("--epochs", type=int, help="override E, the baselines' epochs")
+    p.add_argument("--finetune", type=int, help="override F, the epochs after the baseline")
     p.add_argument("--n-train", type=int, help="override the number of training images")
     p.add_argument("--n-val", type=int, help="override the number of val images")
-    p.add_argument("--runs", type=int, help="override the number of timed latency runs (at least 50 recommended)")
+    p.add_argument("--imgsz", type=int, help="override the image size of the set and the training")
+    p.add_argument("--runs", type=int, help="timed latency runs per model, runtime and size")
+    p.add_argument("--workers", type=int, default=2, help="trainings side by side (default 2)")
+    p.add_argument("--work", help="cache folder (default benchmarks/.work)")
+    p.add_argument("--out", help="where RESULTS.md and the plots go (default: benchmarks/ for the full matrix as "
+                                 "preset, else <work>/reports/<mode>)")  # fmt: skip
     args = p.parse_args(argv)
     cfg = make_config(args)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    custom = any(
+        getattr(args, k) is not None for k in ("rows", "seeds", "epochs", "finetune", "n_train", "n_val", "imgsz")
+    )
+    out = Path(args.out) if args.out else HERE if cfg.mode == "full" and not custom else cfg.work / "reports" / cfg.mode
     t0 = time.perf_counter()
 
-    from ultralytics_slim.data import make_dataset
+    from ultralytics.utils import LOGGER
 
-    data = str(
-        make_dataset(cfg.work / "datasets" / "shapes", "detect", n_train=cfg.n_train, n_val=cfg.n_val, imgsz=cfg.imgsz)
-    )
-    bench = Bench(cfg, data)
-    matrix = rows(cfg)
-    for row in matrix:
-        print(f"\n===== {row.name}: {row.what}", flush=True)
-        bench.done[row.name] = row.make(bench)
-    results = {row.name: measure(bench, row, bench.done[row.name]) for row in matrix}
-    time_all(results, cfg.imgsz, cfg.runs)
+    data = str(make_hard_dataset(cfg.work / "datasets", cfg.data))
+    specs = row_specs(cfg)
+    jobs = plan(cfg, specs)
+    LOGGER.info(f"Benchmark ({cfg.mode}): {len(jobs)} jobs: {', '.join(jobs)}")
+    records, failed = execute(cfg, data, jobs, specs)
+    rows = by_row(specs, records)
+    if args.baseline_only:
+        print(convergence(rows))
+        for name, recs in rows.items():
+            print(f"{name}: {recs[0]['pt']}")
+        if failed:
+            sys.exit(f"failed: {', '.join(failed)}")
+        return
+    timed = {n: recs[0] for n, recs in rows.items() if recs[0]["seed"] == 0 and recs[0].get("onnx640")}
+    lat = {}
+    if timed:
+        LOGGER.info(f"Benchmark: timing {len(timed)} models at {cfg.data.imgsz} and {DEPLOY} px ...")
+        small = time_all({n: Path(r["onnx"]) for n, r in timed.items()}, cfg.data.imgsz, cfg.runs)
+        large = time_all({n: Path(r["onnx640"]) for n, r in timed.items()}, DEPLOY, cfg.runs)
+        lat = {n: {"train": small[n], "deploy": large[n]} for n in timed}
+    out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter() - t0
-    md = write_results(cfg, matrix, bench.done, results, out, wall)
-    pareto(matrix, results, out / "pareto.png")
-    (cfg.work / "results.json").write_text(
-        json.dumps({k: {**vars(v), "onnx": str(v.onnx)} for k, v in results.items()}, indent=1)
-    )
-    print(f"\n{md}\n\nwall time {wall / 60:.1f} min; wrote {out / 'RESULTS.md'} and {out / 'pareto.png'}")
+    write_report(cfg, specs, records, lat, failed, out, wall)
+    print(f"{out / 'RESULTS.md'} ({wall / 60:.1f} min)")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (RESULTS.md says so)")
 
 
 if __name__ == "__main__":
