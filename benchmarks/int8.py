@@ -1,0 +1,71 @@
+"""INT8 from a QAT checkpoint against the same model in float, in onnxruntime and OpenVINO, batch 1, 2 threads.
+
+    python benchmarks/int8.py runs/detect/train/weights/best.pt --imgsz 640 --runs 100
+
+Exports, next to a copy of the checkpoint in a temporary folder: the Q/DQ ONNX (`export_int8_onnx`), the INT8 OpenVINO
+model (`export_int8_openvino`) and the float model (quantizers stripped) as ONNX and OpenVINO; then times all of them
+interleaved with the package's one timer and prints medians and speed-ups against the float model in each runtime.
+OpenVINO is timed with f32 inference precision (its default is bf16 on CPUs that have it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+from ultralytics_slim.benchmark import interleaved_ms
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("weights", type=Path, help="a QAT checkpoint, e.g. runs/detect/train/weights/best.pt")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--runs", type=int, default=100)
+    a = p.parse_args()
+
+    import numpy as np
+    import onnxruntime as ort
+    import openvino as ov
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import strip_qat
+
+    from ultralytics_slim.techniques.qat import export_int8_onnx, export_int8_openvino
+
+    with tempfile.TemporaryDirectory() as tmp:
+        qat = Path(shutil.copy(a.weights, Path(tmp) / "qat.pt"))
+        floating = YOLO(qat)
+        strip_qat(floating.model)
+        fp32_onnx = Path(floating.export(format="onnx", imgsz=a.imgsz, simplify=False)).rename(Path(tmp) / "fp32.onnx")
+        int8_onnx = export_int8_onnx(qat, imgsz=a.imgsz, simplify=False)
+        int8_ov = next(export_int8_openvino(qat, imgsz=a.imgsz, simplify=False).glob("*.xml"))
+        x = np.random.default_rng(0).random((1, 3, a.imgsz, a.imgsz), dtype=np.float32)
+
+        def onnxruntime(path: Path):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            return lambda: session.run(None, {"images": x})
+
+        def openvino(path: Path):
+            cfg = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+            request = ov.Core().compile_model(str(path), "CPU", cfg).create_infer_request()
+            return lambda: request.infer({0: x})
+
+        fns = {
+            "onnxruntime FP32": onnxruntime(fp32_onnx),
+            "onnxruntime INT8 (Q/DQ)": onnxruntime(int8_onnx),
+            "OpenVINO FP32": openvino(fp32_onnx),
+            "OpenVINO INT8": openvino(int8_ov),
+        }
+        ms = dict(zip(fns, (statistics.median(t) for t in interleaved_ms(list(fns.values()), a.runs, 10))))
+    print(f"{a.weights} at {a.imgsz} px, batch 1, 2 threads, median of {a.runs} interleaved runs")
+    for name, v in ms.items():
+        runtime = name.split()[0]
+        print(f"{name:<26} {v:8.2f} ms  {ms[runtime + ' FP32'] / v:5.2f}x vs {runtime} FP32")
+
+
+if __name__ == "__main__":
+    main()
