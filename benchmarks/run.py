@@ -2,8 +2,8 @@
 
     python benchmarks/run.py --baseline-only   # train (or reuse) the cached baselines, check convergence (~66 min)
     python benchmarks/run.py                   # the full matrix: benchmarks/RESULTS.md and its plots (~2.5 h more)
-    python benchmarks/run.py --quick           # a slice on a smaller set (~12 min on 2 idle cores)
-    python benchmarks/run.py --smoke           # the plumbing on a few images (~3 min)
+    python benchmarks/run.py --quick           # a slice on a smaller set (~10 min on 2 idle cores)
+    python benchmarks/run.py --smoke           # the plumbing on a few images (~2 min)
     python benchmarks/run.py --rows slim-50,scratch-50 --seeds 3
 
 Every variant starts from a YOLOv8n baseline trained here from scratch for E epochs (cached under a key of the data,
@@ -105,8 +105,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # plumbing only, 2 seeds so that spreads are computed; 5 epochs is the least a QAT recipe fits in
     "smoke": {"data": HardSet(n_train=16, n_val=8, imgsz=96), "epochs": 1, "finetune": 5, "seeds": 2,
               "rows": SMOKE_ROWS, "runs": 3},
-    # ~12 min on 2 idle cores: a baseline far from converged, the claim rows but scratch-50, 2 seeds
-    "quick": {"data": HardSet(n_train=300, n_val=150), "epochs": 12, "finetune": 5, "seeds": 2,
+    # ~10 min on 2 idle cores: a baseline far from converged, the claim rows but scratch-50, 2 seeds
+    "quick": {"data": HardSet(n_train=300, n_val=150), "epochs": 20, "finetune": 5, "seeds": 2,
               "rows": QUICK_ROWS, "runs": 50},
     # ~3.5 h on 2 idle cores from nothing, ~2.5 h once --baseline-only has run (66 min) and cached the baselines
     "full": {"data": HardSet(n_train=1000, n_val=300), "epochs": 40, "finetune": 10, "seeds": 3,
@@ -931,36 +931,35 @@ short runs; every other row starts from the baseline's best.pt (v8s-slim from th
 
 
 def curves(specs: dict[str, Row], rows: dict[str, list[dict]], path: Path) -> None:
-    """Val mAP50-95 per epoch of every trained row (each seed a line), pruning steps marked, in three panels."""
+    """Val mAP50-95 per epoch of every trained row (each seed a line), pruning steps marked: a panel for the runs from
+    scratch, one for the claim rows after the baseline and one for the other rows after it (where there are any)."""
     from matplotlib import colormaps
 
     from ultralytics_slim.report import figure
 
-    panels = {
+    titles = {
         "scratch": "from scratch",
-        "claims": "claim rows: after the baseline (dashed: the baseline's best)",
-        "others": "other rows: after the baseline",
+        "claims": "claim rows, after the baseline (dashed: the baseline's best)",
+        "others": "other rows, after the baseline (dashed: the baseline's best)",
     }
-    fig = figure(figsize=(18, 5.5))
-    axes = dict(zip(panels, fig.subplots(1, 3)))
+    groups = [g for g in titles if any(specs[name].group == g for name in rows)]
+    fig = figure(figsize=(6 * len(groups), 5.5))
+    axes = dict(zip(groups, np.atleast_1d(fig.subplots(1, len(groups)))))
     colours = colormaps["tab10"].colors + colormaps["Dark2"].colors
-    for i, (name, recs) in enumerate(r for r in rows.items() if specs[r[0]].group in panels):
+    for i, (name, recs) in enumerate((n, r) for n, r in rows.items() if specs[n].group in axes):
         ax, c = axes[specs[name].group], colours[i % len(colours)]
         for j, rec in enumerate(recs):
             ys = rec["curve"]
             ax.plot(range(1, len(ys) + 1), ys, color=c, lw=1.2, alpha=0.85, label=name if j == 0 else None)
             for e in rec["prune_at"]:  # a step at the start of 0-based epoch e: between val points e and e + 1
-                y = ys[e - 1] if e >= 1 and len(ys) >= e else ys[0]
-                ax.plot(e + 0.5, y, marker="v", color=c, ms=6, ls="none")
-    if "baseline" in rows:
-        for g in ("claims", "others"):
-            axes[g].axhline(rows["baseline"][0]["map50_95"], color="gray", ls="--", lw=1)
+                ax.plot(e + 0.5, ys[max(e - 1, 0)], marker="v", color=c, ms=6, ls="none")
     for g, ax in axes.items():
-        ax.set(title=panels[g], xlabel="epoch of the run (▼: a pruning step before the next epoch)",
+        if g != "scratch" and "baseline" in rows:
+            ax.axhline(rows["baseline"][0]["map50_95"], color="gray", ls="--", lw=1)
+        ax.set(title=titles[g], xlabel="epoch of the run (▼: a pruning step before the next epoch)",
                ylabel="val mAP50-95")  # fmt: skip
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     fig.savefig(path, dpi=110)
 
 
@@ -1105,7 +1104,7 @@ def make_config(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="a slice (~12 min on 2 cores)")
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick", help="a slice (~10 min on 2 cores)")
     mode.add_argument("--smoke", dest="mode", action="store_const", const="smoke", help="plumbing check (minutes)")
     p.set_defaults(mode="full")
     p.add_argument(
