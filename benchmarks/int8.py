@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ultralytics_slim.benchmark import interleaved_ms
+from ultralytics_slim.latency import runner
 
 
 def main() -> None:
@@ -27,7 +28,6 @@ def main() -> None:
     a = p.parse_args()
 
     import numpy as np
-    import onnxruntime as ort
     import openvino as ov
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import strip_qat
@@ -43,20 +43,14 @@ def main() -> None:
         int8_ov = next(export_int8_openvino(qat, imgsz=a.imgsz, simplify=False).glob("*.xml"))
         x = np.random.default_rng(0).random((1, 3, a.imgsz, a.imgsz), dtype=np.float32)
 
-        def onnxruntime(path: Path):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            return lambda: session.run(None, {"images": x})
-
         def openvino(path: Path):
             cfg = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
             request = ov.Core().compile_model(str(path), "CPU", cfg).create_infer_request()
             return lambda: request.infer({0: x})
 
         fns = {
-            "onnxruntime FP32": onnxruntime(fp32_onnx),
-            "onnxruntime INT8 (Q/DQ)": onnxruntime(int8_onnx),
+            "onnxruntime FP32": runner(fp32_onnx, "onnxruntime", a.imgsz),
+            "onnxruntime INT8 (Q/DQ)": runner(int8_onnx, "onnxruntime", a.imgsz),
             "OpenVINO FP32": openvino(fp32_onnx),
             "OpenVINO INT8": openvino(int8_ov),
         }
