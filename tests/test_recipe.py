@@ -71,7 +71,6 @@ def test_fractions_and_epochs_resolve():
         ({"sparsity": {"end": 0.6}, "prune": {"start": 0.5}}, 10, r"'sparsity' .* must end before 'prune' starts"),
         ({"prune": {"end": 0.8}, "quantize": {"start": 0.7}}, 10, r"QAT is the last phase"),
         ({"quantize": {"start": 10}}, 10, r"start must come before end=10 \(epochs\)"),
-        ({"prune": {"start": 0.4}, "distill": {"start": 0.6}}, 10, r"teacher 'self' is the model before"),
     ],
 )
 def test_schedule_conflicts(recipe, epochs, expected):

@@ -113,3 +113,19 @@ def test_auto_strength_zeroes_what_pruning_removes(tmp_path, steps_data, optimiz
     assert float((prunable_gammas(stock) < 1e-2).float().mean()) < 0.02
     pruned = load_checkpoint(tmp_path / "slim" / "weights" / "last.pt")[0]
     assert float((prunable_gammas(pruned) < 1e-2).float().mean()) < 0.02  # the faded channels were the ones cut
+
+
+def test_auto_fade_is_linear_in_steps(tmp_path, steps_data):
+    """Faded channels lose about 1/3 of their |gamma| in the first of three fade epochs (four steps each), not all of it
+    at the deadline: the fade counts optimizer steps, so warmup's small learning rates do not delay it."""
+    args = train_args(tmp_path, data=steps_data, model="yolov8n.yaml", epochs=4, nbs=8, save_period=1)
+    YOLO("yolov8n.yaml").train(**args, slim={"sparsity": {"strength": "auto", "end": 4}})  # fades to 0 by epoch 3
+    start, first, faded = (
+        prunable_gammas(load_checkpoint(tmp_path / "run" / "weights" / f"{w}.pt")[0])
+        for w in ("start", "epoch0", "epoch2")
+    )
+    goal = float((faded < 1e-2).float().mean())
+    assert goal > 0.25  # the default goal without a prune section: 30% of each layer's channels
+    weakest = first.sort().values[: int(goal * len(first))]
+    assert 0.5 < float(weakest.mean() / start.mean()) < 0.85  # 8/12 of a yolov8n.yaml gamma (all start at 1)
+    assert float((first < 1e-2).float().mean()) < 0.05

@@ -167,13 +167,13 @@ class PruneConfig(PhaseConfig):
 class DistillConfig(PhaseConfig):
     """Teacher-guided distillation on the detection head's outputs."""
 
-    teacher: str = Field("self", description="'self' (the model before pruning) or a checkpoint path")
+    teacher: str = Field("self", description="'self' (the model the run starts from) or a checkpoint path")
     weight: float = Field(1.0, gt=0, description="weight of the distillation loss")
     loss: Literal["head", "feature", "head+feature"] = Field(
         "head", description="'head': class scores and box distributions; 'feature': the neck features (teacher self)"
     )
     temperature: float = Field(1.0, gt=0, description="softening of teacher distributions")
-    start: When = Field(0.5, description="first epoch with the teacher")
+    start: When = Field(0.0, description="first epoch with the teacher")
     end: When = Field(1.0, description="epoch at which distillation stops")
 
     @field_validator("teacher")
@@ -190,15 +190,6 @@ class DistillConfig(PhaseConfig):
                 "channels are a subset of its unpruned self's); use loss: head with a checkpoint teacher"
             )
         return self
-
-    def schedule_problems(self, windows: dict[str, Window]) -> list[str]:
-        if self.teacher == "self" and "prune" in windows and windows["distill"].start > windows["prune"].start:
-            return [
-                f"'distill.start' (epoch {windows['distill'].start}) is after 'prune.start' (epoch "
-                f"{windows['prune'].start}): teacher 'self' is the model before the first pruning step, so "
-                "distillation must start by then"
-            ]
-        return []
 
 
 class QuantizeConfig(PhaseConfig):

@@ -3,7 +3,7 @@
 Ultralytics' own `distill_model=` wraps the model in a `DistillationModel` whose projectors are sized for the student's
 channels when the run starts, and which is pickled into checkpoints. Neither fits a student that is pruned mid-run
 and must end as an ordinary checkpoint. This technique distils what does not depend on width: the class scores
-(soft-target BCE), the box distributions (KL per side for DFL heads, L1 for YOLO26's direct boxes) and any other
+(a Bernoulli KL per class and anchor), the box distributions (KL per side for DFL heads, L1 for YOLO26's direct boxes) and any other
 per-anchor outputs (keypoints, angles, mask coefficients), each anchor weighted by the teacher's confidence; for
 classification, the logits (KL). The teacher lives beside the model, never inside it, so it is neither in the EMA nor
 in `best.pt`; `weights/teacher.pt` keeps it for `resume`.
@@ -31,26 +31,38 @@ PREFIX = colorstr("Slim distill: ")
 RAW_KEYS_SKIPPED = {"feats"}  # neck features: their width differs between a pruned student and its teacher
 
 
-def head_distill_loss(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
-    """Width-independent distillation loss between raw (training-mode) head outputs of student and teacher."""
+def head_distill_loss(
+    student: Any, teacher: Any, temperature: float = 1.0, gains: tuple[float, float] = (1.0, 1.0)
+) -> torch.Tensor:
+    """Width-independent distillation loss between raw (training-mode) head outputs of student and teacher.
+
+    Normalized as Ultralytics normalizes its own detection loss, so that `weight: 1` makes the teacher count about as
+    much as the labels: the class term is a Bernoulli KL summed over anchors and classes per unit of the teacher's
+    confidence (the task divides by its target scores' sum; a plain mean would be thousands of times weaker), the box
+    term a per-anchor divergence averaged with the teacher's confidence as weight (as the task weights by its target
+    scores). `gains` are the task's (cls, dfl) gains, applied to the two terms.
+    """
     if isinstance(student, torch.Tensor):  # classification logits
         t = temperature
         return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
     if "one2many" in student:  # YOLO26 end-to-end head: both branches
-        return sum(head_distill_loss(student[k], teacher[k], temperature) for k in student) / len(student)
-    t_scores = teacher["scores"].float()
-    weight = t_scores.sigmoid().amax(1)  # (B, A) teacher confidence per anchor
+        return sum(head_distill_loss(student[k], teacher[k], temperature, gains) for k in student) / len(student)
+    t_logits = teacher["scores"].float() / temperature  # (B, nc, A)
+    t_prob = t_logits.sigmoid()
+    kl = F.binary_cross_entropy_with_logits(student["scores"].float() / temperature, t_prob, reduction="none")
+    kl = kl - F.binary_cross_entropy_with_logits(t_logits, t_prob, reduction="none")  # minus the teacher's entropy
+    loss = gains[0] * kl.sum() / t_prob.sum().clamp_min(1) * temperature**2
+    weight = t_prob.amax(1)  # (B, A) teacher confidence per anchor
     weight = weight / weight.sum().clamp_min(1e-6)
-    loss = F.binary_cross_entropy_with_logits(student["scores"].float() / temperature, (t_scores / temperature).sigmoid())
     s_box, t_box = student["boxes"].float(), teacher["boxes"].float()
     b, c, a = s_box.shape
     if c > 4:  # DFL: a distribution over reg_max bins per box side
         s_log = F.log_softmax(s_box.view(b, 4, c // 4, a) / temperature, 2)
-        t_prob = F.softmax(t_box.view(b, 4, c // 4, a) / temperature, 2)
-        per_anchor = (t_prob * (t_prob.clamp_min(1e-9).log() - s_log)).sum(2).mean(1)
+        t_prob_box = F.softmax(t_box.view(b, 4, c // 4, a) / temperature, 2)
+        per_anchor = (t_prob_box * (t_prob_box.clamp_min(1e-9).log() - s_log)).sum(2).mean(1) * temperature**2
     else:
         per_anchor = (s_box - t_box).abs().mean(1)
-    loss = loss + (per_anchor * weight).sum()
+    loss = loss + gains[1] * (per_anchor * weight).sum()
     for k, s in student.items():
         if k in {"scores", "boxes"} | RAW_KEYS_SKIPPED or not isinstance(s, torch.Tensor):
             continue
@@ -127,7 +139,7 @@ class DistillCriterion:
 
 
 class DistillTechnique(Technique):
-    """Distil a frozen teacher (the model before pruning, or a larger checkpoint) into the student."""
+    """Distil a frozen teacher (the model the run starts from, or a larger checkpoint) into the student."""
 
     config = DistillConfig
 
@@ -137,6 +149,7 @@ class DistillTechnique(Technique):
         super().__init__(name, cfg, schedule)
         self.teacher: nn.Module | None = None
         self.epoch = 0
+        self._gains = (1.0, 1.0)  # the task's (cls, dfl) gains, which scale the head terms like the task's own
         self._bns: list[str] = []  # per head input: the BN whose kept channels map student features to the teacher's
         self._prune: Any = None  # the run's prune technique, which records the kept channels
         self._sums = [0.0, 0.0]  # this epoch's task and distillation loss, for the distillation's share
@@ -184,22 +197,27 @@ class DistillTechnique(Technique):
     def setup(self, trainer: Any) -> None:
         """Wrap the criterion; on resume, reload a `self` teacher from the snapshot kept in weights/teacher.pt."""
         model = unwrap_model(trainer.model)
+        self._gains = (float(trainer.args.cls), float(trainer.args.dfl))
         if "feature" in self.cfg.loss:
             if not isinstance(model.model[-1], Detect):
                 raise SlimConfigError(f"distill.loss={self.cfg.loss!r} needs a Detect-family head, not {_head(model)}")
             self._bns, self._prune = _feature_bns(model), trainer.slim.technique("prune")
         model.criterion = DistillCriterion(getattr(model, "criterion", None) or model.init_criterion(), self)
-        if self.cfg.teacher == "self" and trainer.start_epoch > self.window.start and self._teacher_file(trainer).exists():
+        if self.cfg.teacher == "self" and trainer.start_epoch > 0 and self._teacher_file(trainer).exists():
             self._adopt(load_checkpoint(self._teacher_file(trainer))[0], trainer)
 
     def on_epoch_start(self, trainer: Any) -> bool:
-        """Snapshot the model as the teacher when the phase starts (before any pruning step of that epoch)."""
+        """Snapshot the model as the teacher at the run's first epoch, before sparsity or pruning change it.
+
+        Sparsity fades the channels pruning will take long before the first pruning step, so a snapshot taken then
+        would already have lost what the student lost, and would teach nothing.
+        """
         self.epoch = trainer.epoch
-        if self.cfg.teacher == "self" and self.teacher is None and trainer.epoch >= self.window.start:
+        if self.cfg.teacher == "self" and self.teacher is None:
             snapshot = deepcopy(trainer.ema.ema)
             if RANK in {-1, 0}:
                 torch.save({"model": deepcopy(snapshot).half(), "train_args": vars(trainer.args)}, self._teacher_file(trainer))
-                LOGGER.info(f"{PREFIX}teacher = the model at epoch {trainer.epoch + 1}, kept in {self._teacher_file(trainer)}")
+                LOGGER.info(f"{PREFIX}teacher = the model the run starts from (epoch {trainer.epoch + 1}), kept in {self._teacher_file(trainer)}")
             self._adopt(snapshot, trainer)
         return False
 
@@ -211,7 +229,7 @@ class DistillTechnique(Technique):
             t_preds = self.teacher(batch["img"])
         loss = torch.zeros((), device=batch["img"].device)
         if "head" in self.cfg.loss:
-            loss = loss + head_distill_loss(preds, t_preds, self.cfg.temperature)
+            loss = loss + head_distill_loss(preds, t_preds, self.cfg.temperature, self._gains)
         if "feature" in self.cfg.loss:
             kept = [self._prune.kept.get(n) if self._prune else None for n in self._bns]
             loss = loss + feature_distill_loss(_feats(preds), _feats(t_preds), kept, self.cfg.temperature)
