@@ -147,15 +147,15 @@ def test_two_ranks_take_the_same_pruning_decision(tmp_path, importance):
 
 
 def test_latency_target_measures_each_step(tmp_path, detect_data):
-    """`target: {latency: r}`: every step's measured latency is recorded, lands at or under its goal, and is reported."""
+    """`target: {latency: r}`: every step's measured latency is recorded, lands within 10% of its goal (under it unless
+    no candidate of the search was: then the fastest is taken, never the floor), and is reported."""
     recipe = {"prune": {"target": {"latency": 0.6, "imgsz": 96}, "steps": 2, "start": 1, "end": 3}}
     model = YOLO("yolov8n.yaml")
     model.train(**train_args(tmp_path, data=detect_data, epochs=4), slim=recipe)
     prune = model.trainer.slim.technique("prune")
     assert prune.base > 0 and [h["step"] for h in prune.history] == [1, 2]
-    for h in prune.history:
-        goal = prune.base * 0.6 ** (h["step"] / 2)
-        assert h["latency"] <= goal, (h["latency"], goal)
+    for h in prune.history:  # each ratio was timed interleaved with the start model; the issue's tolerance: 10%
+        assert 0 < h["latency_ratio"] <= 1.1 * 0.6 ** (h["step"] / 2), h
     header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0]
     assert "slim/latency_ms" in header
     assert "latency (ms)" in (tmp_path / "run" / "report.md").read_text()

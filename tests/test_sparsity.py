@@ -109,7 +109,7 @@ def test_auto_strength_zeroes_what_pruning_removes(tmp_path, steps_data, optimiz
     goal = removed_fraction(load_checkpoint(tmp_path / "slim" / "weights" / "start.pt")[0].float(), 0.5)
     reached = float((prunable_gammas(slim) < 1e-2).float().mean())
     assert 0.2 < goal < 0.5
-    assert reached >= goal, f"{reached:.3f} of prunable gammas below 1e-2, goal {goal:.3f}"
+    assert reached >= goal - 1e-6, f"{reached:.3f} of prunable gammas below 1e-2, goal {goal:.3f}"  # float32 mean
     assert float((prunable_gammas(stock) < 1e-2).float().mean()) < 0.02
     pruned = load_checkpoint(tmp_path / "slim" / "weights" / "last.pt")[0]
     assert float((prunable_gammas(pruned) < 1e-2).float().mean()) < 0.02  # the faded channels were the ones cut

@@ -1,7 +1,8 @@
 """Latency of a model as it is deployed: exported to ONNX the way Ultralytics exports it, timed in a CPU runtime.
 
 Used by the `prune: {target: {latency: r}}` search, which measures candidates on the machine that trains (run the
-trainer where you deploy, or accept it as a proxy), and timed with the package's one timer (`benchmark.py`).
+trainer where you deploy, or accept it as a proxy) against the starting model, with the package's one timer
+(`benchmark.py`).
 """
 
 from __future__ import annotations
@@ -52,25 +53,46 @@ def export_onnx(model: nn.Module, imgsz: int, path: Path) -> Path:
 
 
 def runner(onnx: Path, runtime: str, imgsz: int, threads: int = 2) -> Callable[[], object]:
-    """A batch-1 inference call of an ONNX file in `runtime` (CPU, `threads` threads)."""
+    """A batch-1 FP32 inference call of an ONNX file in `runtime` (CPU, `threads` threads).
+
+    OpenVINO is held to f32 (its default on CPUs with bf16 instructions is bf16, which is not the FP32 model), and
+    onnxruntime's threads do not spin, so that an idle session does not take cores from the next one in interleaved
+    timing.
+    """
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda: session.run(None, {name: x})
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(onnx), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    request = ov.Core().compile_model(str(onnx), "CPU", config).create_infer_request()
     return lambda: request.infer({0: x})
 
 
-def deployed_latency_ms(model: nn.Module, runtime: str, imgsz: int, runs: int = 30, threads: int = 2) -> float:
-    """Median batch-1 latency (ms) of `model` exported to ONNX and run in `runtime` on this machine's CPU."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fn = runner(export_onnx(model, imgsz, Path(tmp) / "model.onnx"), runtime, imgsz, threads)
-        return statistics.median(interleaved_ms([fn], runs)[0])
+def _runner_of(model: nn.Module, runtime: str, imgsz: int, threads: int) -> Callable[[], object]:
+    with tempfile.TemporaryDirectory() as tmp:  # both runtimes hold the model in memory once the session exists
+        return runner(export_onnx(model, imgsz, Path(tmp) / "model.onnx"), runtime, imgsz, threads)
+
+
+class RelativeLatency:
+    """Deployed latency of models relative to a reference model, each timed interleaved with the reference.
+
+    A latency target is a ratio to the starting model; timing every candidate side by side with it keeps that ratio
+    right when the machine's load changes between measurements (absolute times taken minutes apart do not).
+    """
+
+    def __init__(self, reference: nn.Module, runtime: str, imgsz: int, runs: int = 30, threads: int = 2):
+        self.runtime, self.imgsz, self.runs, self.threads = runtime, imgsz, runs, threads
+        self._reference = _runner_of(reference, runtime, imgsz, threads)
+
+    def __call__(self, model: nn.Module) -> tuple[float, float]:
+        """(median latency of `model` / median latency of the reference, median latency of `model` in ms)."""
+        ref, ms = interleaved_ms([self._reference, _runner_of(model, self.runtime, self.imgsz, self.threads)], self.runs)
+        return statistics.median(ms) / statistics.median(ref), statistics.median(ms)

@@ -133,7 +133,7 @@ class PruneConfig(PhaseConfig):
     }
 
     target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.5), description="ratio of MACs or params to keep")
-    importance: str = Field("bn_scale", description="channel ranking, a name registered in ultralytics_slim.importance")
+    importance: str = Field("bn_scale_lamp", description="channel ranking, a name registered in ultralytics_slim.importance")
     steps: int = Field(4, ge=1, le=100, description="number of pruning steps spread over [start, end)")
     start: When = Field(0.5, description="epoch of the first pruning step")
     end: When = Field(0.8, description="epoch by which the target is reached")

@@ -3,16 +3,20 @@
 The graph surgery lives in `ultralytics_slim.pruning`; this module decides when and how far to prune. Step i of n
 keeps `ratio ** ((i + 1) / n)` of the starting model's MACs, params or latency, so every step removes the same
 fraction of what is left and the last step lands on the target. A latency target is reached by a search over MACs
-targets, each candidate exported to ONNX and timed in the named runtime on this machine. Pruning acts on the EMA
-weights (what Ultralytics would save).
+targets, each candidate exported to ONNX and timed in the named runtime on this machine, side by side with the
+starting model (the target is a ratio to it). Pruning acts on the EMA weights (what Ultralytics would save).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from torch import nn
+from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
@@ -26,6 +30,54 @@ PREFIX = colorstr("Slim prune: ")
 SEARCH_STEPS = 5  # latency-target candidates measured per step (each: prune a copy, export, time)
 
 
+def macs_for_latency(
+    model: nn.Module,
+    goal: float,
+    measure: Callable[[nn.Module], tuple[float, float]],
+    *,
+    importance: str,
+    seed: int,
+    **kwargs: Any,
+) -> tuple[float, float, float]:
+    """The MACs target whose pruned model runs in at most `goal` of the starting latency (closest from below).
+
+    Latency follows MACs only roughly (per-op overheads, channel counts a kernel likes), so candidates are pruned
+    on a copy and timed by `measure` (latency ratio to the starting model, ms): a proportional first guess, then
+    bisection refined by the measured ratio. When no candidate gets under the goal, the fastest one measured is taken
+    with a warning, never the floor: a noisy reading must not strip the model. `kwargs` (round_to, min_channels,
+    ignore) go to `prune_to`; benchmarks/latency.py runs this search outside training.
+    Returns (MACs target, its latency ratio, its latency in ms).
+    """
+    macs = pruning.count_macs_params(model)[0]
+    now, ms = measure(model)
+    if now <= goal:
+        return macs, now, ms
+    lo, hi = pruning.min_keep_ratio(model, "macs", **kwargs), 1.0
+    r = max(goal / now, lo)
+    below = fastest = None  # (fraction of the current MACs, latency ratio, ms)
+    for _ in range(SEARCH_STEPS):
+        candidate = deepcopy(model)
+        pruning.prune_to(candidate, "macs", r * macs, importance=importance, seed=seed, **kwargs)
+        ratio, ms = measure(candidate)
+        fastest = min(fastest or (r, ratio, ms), (r, ratio, ms), key=lambda c: c[1])
+        if ratio <= goal:
+            lo, below = r, max(below or (r, ratio, ms), (r, ratio, ms))
+            if ratio >= 0.97 * goal:
+                break
+        else:
+            hi = r
+        guess = r * goal / ratio  # latency ~ MACs near the goal
+        r = guess if lo < guess < hi else (lo + hi) / 2
+    if below is None:
+        if RANK in {-1, 0}:
+            LOGGER.warning(
+                f"{PREFIX}no candidate reached {goal:.1%} of the starting latency; taking the fastest measured, "
+                f"{fastest[1]:.1%} at {fastest[0]:.1%} of the current MACs"
+            )
+        below = fastest
+    return below[0] * macs, below[1], below[2]
+
+
 class PruneTechnique(Technique):
     """Remove whole channels towards a MACs or params target, with fine-tuning epochs between the steps."""
 
@@ -36,6 +88,8 @@ class PruneTechnique(Technique):
     def __init__(self, name: str, cfg: PruneConfig, schedule: Any):
         super().__init__(name, cfg, schedule)
         self.base: float | None = None  # MACs, params or latency (ms) of the model before the first step
+        self._latency: latency.RelativeLatency | None = None  # a latency target: times models against the start model
+        self._start_pt: Path | None = None  # where the start model is kept, to time against it after a resume
         self.imgsz = 0  # deployment image size of a latency target
         self.done = 0  # steps already taken
         self.history: list[dict[str, Any]] = []  # one entry per step, for the console, TensorBoard and the report
@@ -68,52 +122,35 @@ class PruneTechnique(Technique):
     def setup(self, trainer: Any) -> None:
         """Measure the starting model once; on resume the measurement comes from the checkpoint."""
         self.imgsz = self.cfg.target.imgsz or trainer.args.imgsz
+        self._start_pt = trainer.wdir / "start.pt"
         if self.base is None:
             model = unwrap_model(trainer.model)
             macs, params = pruning.count_macs_params(model)
             kind = self.cfg.target.kind
-            self.base = macs if kind == "macs" else float(params) if kind == "params" else self._latency(model)
+            if kind == "latency":
+                self._latency = latency.RelativeLatency(model, *self._runtime())
+            self.base = macs if kind == "macs" else float(params) if kind == "params" else self._measure(model)[1]
             self.start_channels = monitor.channel_counts(model)
             if kind == "latency" and RANK in {-1, 0}:
                 LOGGER.info(f"{PREFIX}starting latency {self.base:.1f} ms ({self._where()})")
 
+    def _runtime(self) -> tuple[str, int]:
+        return self.cfg.target.runtime or "onnxruntime", self.imgsz
+
     def _where(self) -> str:
-        return f"{self.cfg.target.runtime or 'onnxruntime'}, imgsz {self.imgsz}, batch 1, 2 threads, this machine"
+        return f"{self._runtime()[0]}, imgsz {self.imgsz}, batch 1, 2 threads, this machine"
 
-    def _latency(self, model: Any) -> float:
-        """Deployed latency, measured on rank 0 and shared, so that every DDP rank takes the same decision."""
-        ms = [latency.deployed_latency_ms(model, self.cfg.target.runtime or "onnxruntime", self.imgsz) if RANK in {-1, 0} else 0.0]
+    def _measure(self, model: nn.Module) -> tuple[float, float]:
+        """(latency ratio to the start model, ms), timed interleaved with it on rank 0 and shared, so that every DDP
+        rank takes the same decision; after a resume the start model is read back from weights/start.pt."""
+        out = [(0.0, 0.0)]
+        if RANK in {-1, 0}:
+            if self._latency is None:
+                self._latency = latency.RelativeLatency(load_checkpoint(self._start_pt)[0].float(), *self._runtime())
+            out = [self._latency(model)]
         if dist.is_available() and dist.is_initialized():
-            dist.broadcast_object_list(ms, 0)
-        return ms[0]
-
-    def _macs_for_latency(self, model: Any, goal: float, seed: int) -> tuple[float, float]:
-        """The MACs target whose pruned model runs in at most `goal` ms (closest from below), and its latency.
-
-        Latency follows MACs only roughly (per-op overheads, channel counts a kernel likes), so candidates are pruned
-        on a copy and timed: a proportional first guess, then bisection refined by the measured ratio.
-        """
-        macs = pruning.count_macs_params(model)[0]
-        now = self._latency(model)
-        if now <= goal:
-            return macs, now
-        lo, hi = pruning.min_keep_ratio(model, "macs", **self._kwargs()), 1.0
-        r, best = max(goal / now, lo), (lo, float("inf"))
-        for _ in range(SEARCH_STEPS):
-            candidate = deepcopy(model)
-            pruning.prune_to(candidate, "macs", r * macs, importance=self.cfg.importance, seed=seed, **self._kwargs())
-            ms = self._latency(candidate)
-            if ms <= goal:
-                lo, best = r, (r, ms) if best[1] > goal or r > best[0] else best
-                if ms >= 0.97 * goal:
-                    break
-            else:
-                hi = r
-            guess = r * goal / ms  # latency ~ MACs near the goal
-            r = guess if lo < guess < hi else (lo + hi) / 2
-        if best[1] > goal and RANK in {-1, 0}:
-            LOGGER.warning(f"{PREFIX}no candidate reached {goal:.1f} ms; taking the smallest model the floors allow")
-        return best[0] * macs, best[1]
+            dist.broadcast_object_list(out, 0)
+        return out[0]
 
     def on_epoch_start(self, trainer: Any) -> bool:
         """Take the steps scheduled for this epoch."""
@@ -124,9 +161,12 @@ class PruneTechnique(Technique):
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
         for i in due:
-            kind, target = self.cfg.target.kind, self.base * self.cfg.target.ratio ** ((i + 1) / len(self.events))
+            kind, goal = self.cfg.target.kind, self.cfg.target.ratio ** ((i + 1) / len(self.events))
+            target = self.base * goal
             if kind == "latency":
-                target, ms = self._macs_for_latency(model, target, seed=i)
+                target, ratio, ms = macs_for_latency(
+                    model, goal, self._measure, importance=self.cfg.importance, seed=i, **self._kwargs()
+                )
             result = pruning.prune_to(
                 model, "macs" if kind == "latency" else kind, target, importance=self.cfg.importance, seed=i, **self._kwargs()
             )
@@ -149,7 +189,7 @@ class PruneTechnique(Technique):
                         if result.channels_before.get(n, c) != c
                     },
                     "seconds": round(result.seconds, 2),
-                    **({"latency": round(ms, 3)} if kind == "latency" else {}),
+                    **({"latency": round(ms, 3), "latency_ratio": round(ratio, 4)} if kind == "latency" else {}),
                 }
             )
         model.yaml[PRUNED_KEY] = True
@@ -165,7 +205,8 @@ class PruneTechnique(Technique):
             LOGGER.info(
                 f"{PREFIX}step {h['step']}/{n} at epoch {epoch + 1}: "
                 f"{h['params_before'] / 1e6:.2f}M -> {h['params'] / 1e6:.2f}M params, "
-                f"{h['gflops_before']:.2f} -> {h['gflops']:.2f} GFLOPs, {kind} at {h[kind] / self.base:.1%} of start "
+                f"{h['gflops_before']:.2f} -> {h['gflops']:.2f} GFLOPs, {kind} at "
+                f"{h['latency_ratio'] if kind == 'latency' else h[kind] / self.base:.1%} of start "
                 f"(this step's target {self.cfg.target.ratio ** (h['step'] / n):.1%}, "
                 f"final {self.cfg.target.ratio:.0%}) in {h['seconds']:.1f}s"
                 + (f", {h['latency']:.1f} ms ({self._where()})" if "latency" in h else "")

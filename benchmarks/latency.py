@@ -1,0 +1,247 @@
+"""Deployed speed of pruned models: which `round_to` the CPU runtimes like, and where a latency target lands.
+
+    python benchmarks/latency.py                          # YOLOv8n at 640 px, 100 runs, 2 threads, both runtimes
+    python benchmarks/latency.py --model yolo11n.yaml --latency 0.6 --runtimes openvino
+    python benchmarks/latency.py --runs 3 --imgsz 160     # the plumbing only (~3-5 min, mostly pruning)
+
+Latency does not depend on trained weights, so the models are untrained, built from `--model` (seeded).
+1. round_to study: the start model pruned one-shot to `--macs` of its MACs with each of `--round-to` (`prune_to`,
+   importance `--importance`, seed 0).
+2. latency target: for each runtime, what `prune: {target: {latency: r, runtime: ...}, steps: n}` does without the
+   fine-tuning between steps: the start latency measured once, then per step the plugin's own search
+   (`techniques.prune.macs_for_latency`, each candidate timed interleaved with the start model as in training) and
+   `prune_to` to the MACs target it returns. Every measurement of the search is recorded.
+Then every model (start, round_to rows, latency-target results) is exported to ONNX at `--imgsz` and timed batch 1 in
+each runtime with `latency.runner`, all models of a runtime interleaved in one `interleaved_ms` call, so the measured
+ratio of a latency-target model is against the start model timed in the same rounds. The markdown tables go to stdout
+and `--out/latency.md`, the raw times to `--out/latency.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+import numpy as np
+from run import WARMUP, machine
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+RUNTIMES = ("onnxruntime", "openvino")
+SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
+TOLERANCE = 0.10  # the issue's criterion: within 10% of the target ratio
+
+
+def build(cfg: str, seed: int = 0) -> nn.Module:
+    """An untrained detection model from a yaml (12 classes), the same weights for the same seed."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(seed)
+    return DetectionModel(cfg, nc=12, verbose=False).eval()
+
+
+def round_to_study(start: nn.Module, args: argparse.Namespace) -> dict[str, nn.Module]:
+    """The start model pruned one-shot to `--macs` of its MACs, once per `--round-to`."""
+    from ultralytics_slim.pruning import count_macs_params, prune_to
+
+    macs = count_macs_params(start)[0]
+    out = {}
+    for r in args.round_to:
+        model = deepcopy(start)
+        prune_to(model, "macs", args.macs * macs, importance=args.importance, round_to=r, seed=0)
+        out[f"round_to {r}"] = model
+    return out
+
+
+def latency_target(start: nn.Module, runtime: str, args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """What the prune technique does for `target: {latency: --latency, runtime: runtime}`, minus the fine-tuning."""
+    from ultralytics_slim.latency import RelativeLatency
+    from ultralytics_slim.pruning import count_macs_params, prune_to
+    from ultralytics_slim.techniques.prune import macs_for_latency
+
+    macs0 = count_macs_params(start)[0]
+    kwargs = {"round_to": args.target_round_to, "min_channels": args.min_channels}
+    trail: list[dict[str, float]] = []
+    relative = RelativeLatency(start, runtime, args.imgsz, threads=args.threads)  # as the technique's setup()
+
+    def measure(m: nn.Module) -> tuple[float, float]:
+        ratio, ms = relative(m)
+        trail.append({"macs": count_macs_params(m)[0] / macs0, "ratio": ratio, "ms": ms})
+        return ratio, ms
+
+    model = deepcopy(start)
+    base = measure(model)[1]
+    steps = []
+    for i in range(args.steps):
+        goal = args.latency ** ((i + 1) / args.steps)
+        first = len(trail)
+        target, ratio, ms = macs_for_latency(model, goal, measure, importance=args.importance, seed=i, **kwargs)
+        prune_to(model, "macs", target, importance=args.importance, seed=i, **kwargs)
+        steps.append({"goal": goal, "search": trail[first:], "ratio": ratio, "ms": ms,
+                      "macs": count_macs_params(model)[0] / macs0})  # fmt: skip
+    return model, {"start_ms": base, "steps": steps}
+
+
+def time_models(
+    models: dict[str, nn.Module], folder: Path, args: argparse.Namespace
+) -> dict[str, dict[str, list[float]]]:
+    """Batch-1 times (ms) of every model in every runtime; all models of a runtime interleaved in one call."""
+    from ultralytics_slim.benchmark import interleaved_ms
+    from ultralytics_slim.latency import export_onnx, runner
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {n: export_onnx(m, args.imgsz, folder / f"{n.replace(' ', '-')}.onnx") for n, m in models.items()}
+    times: dict[str, dict[str, list[float]]] = {n: {} for n in models}
+    for rt in args.runtimes:
+        fns = [runner(f, rt, args.imgsz, args.threads) for f in files.values()]
+        for name, t in zip(files, interleaved_ms(fns, args.runs, WARMUP)):
+            times[name][rt] = t
+    return times
+
+
+def ms_cell(xs: list[float]) -> str:
+    """Median (25th-75th percentile)."""
+    q1, q3 = np.percentile(xs, [25, 75])
+    return f"{statistics.median(xs):.2f} ({q1:.2f}-{q3:.2f})"
+
+
+def speed_rows(rows: dict[str, dict[str, Any]], runtimes: list[str]) -> str:
+    """Every model against the start model: MACs, params, ms, speed-up and speed-up per MACs reduction per runtime."""
+    head = ["model", "MACs ratio", "params"]
+    for rt in runtimes:
+        head += [f"{SHORT[rt]} ms", f"{SHORT[rt]} speed-up", f"{SHORT[rt]} speed-up / MACs reduction"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in rows.items():
+        cells = [name, f"{row['macs']:.3f}", f"{row['params'] / 1e6:.3f}M"]
+        for rt in runtimes:
+            cells += [ms_cell(row["times"][rt]), f"{row['speedup'][rt]:.2f}x", f"{row['per_macs'][rt]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_rows(targets: dict[str, dict[str, Any]], r: float) -> str:
+    """Per runtime: what the search measured, and the result re-measured interleaved with the start model."""
+    head = ["runtime", "candidates timed", "MACs ratio", "search: start ms", "search: result ms", "search ratio",
+            "re-measured ratio", f"within {TOLERANCE:.0%} of {r}"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rt, t in targets.items():
+        last = t["steps"][-1]
+        cells = [rt, str(sum(len(s["search"]) for s in t["steps"])), f"{last['macs']:.3f}", f"{t['start_ms']:.2f}",
+                 f"{last['ms']:.2f}", f"{last['ratio']:.3f}", f"{t['measured_ratio']:.3f}",
+                 "yes" if t["within"] else "no"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run both studies, print and write the tables and the raw numbers; returns what went into the JSON."""
+    from ultralytics_slim.recipe import PruneConfig
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="yolov8n.yaml", help="model yaml (default yolov8n.yaml)")
+    p.add_argument("--imgsz", type=int, default=640, help="deployment image size (default 640)")
+    p.add_argument("--runs", type=int, default=100, help="timed interleaved runs per model and runtime (default 100)")
+    p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
+    p.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated (default both)")
+    p.add_argument("--macs", type=float, default=0.5, help="kept MACs of the round_to study (default 0.5)")
+    p.add_argument("--round-to", default="8,16,32", help="round_to values of the study (default 8,16,32)")
+    p.add_argument("--importance", default="l2", help="channel ranking of every pruning (default l2)")
+    p.add_argument("--latency", type=float, default=0.5, help="kept latency of the target check (default 0.5)")
+    p.add_argument("--steps", type=int, default=1, help="pruning steps towards the latency target (default 1)")
+    cfg = PruneConfig.model_fields
+    p.add_argument("--target-round-to", type=int, default=cfg["round_to"].default, help="round_to of the target check")
+    p.add_argument(
+        "--min-channels", type=int, default=cfg["min_channels"].default, help="min_channels of every pruning"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default benchmarks/.work/latency/<model>-<imgsz>)")
+    args = p.parse_args(argv)
+    args.round_to = [int(r) for r in args.round_to.split(",")]
+    args.runtimes = args.runtimes.split(",")
+    out = args.out or HERE / ".work" / "latency" / f"{Path(args.model).stem}-{args.imgsz}"
+
+    from ultralytics.utils import LOGGER
+
+    from ultralytics_slim.latency import require_runtime
+    from ultralytics_slim.monitor import channel_counts
+    from ultralytics_slim.pruning import count_macs_params
+
+    for rt in args.runtimes:
+        require_runtime(rt)
+    t0, load_start = time.perf_counter(), os.getloadavg()
+    start = build(args.model)
+    models = {"start": start}
+    LOGGER.info(f"Latency benchmark: pruning {args.model} to {args.macs} of its MACs with round_to {args.round_to} ...")
+    models |= round_to_study(start, args)
+    targets = {}
+    for rt in args.runtimes:
+        LOGGER.info(f"Latency benchmark: searching latency {args.latency} in {rt} at {args.imgsz} px ...")
+        models[f"latency {args.latency} @ {rt}"], targets[rt] = latency_target(start, rt, args)
+    LOGGER.info(f"Latency benchmark: timing {len(models)} models, {args.runs} interleaved runs per runtime ...")
+    times = time_models(models, out / "onnx", args)
+
+    macs0, widths0 = count_macs_params(start)[0], channel_counts(start)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, m in models.items():
+        macs, params = count_macs_params(m)
+        ratio = macs / macs0
+        speedup = {
+            rt: statistics.median(times["start"][rt]) / statistics.median(times[name][rt]) for rt in args.runtimes
+        }
+        rows[name] = {
+            "macs": ratio,
+            "params": params,
+            "times": times[name],
+            "speedup": speedup,
+            "per_macs": {rt: s * ratio for rt, s in speedup.items()},  # speed-up / (1 / MACs ratio)
+            "widths": {n: c for n, c in channel_counts(m).items() if c != widths0[n]},  # pruned layers' output channels
+        }
+    for rt, t in targets.items():
+        t["measured_ratio"] = 1 / rows[f"latency {args.latency} @ {rt}"]["speedup"][rt]
+        t["within"] = abs(t["measured_ratio"] - args.latency) <= TOLERANCE * args.latency
+    load_end = os.getloadavg()
+    wall = time.perf_counter() - t0
+
+    settings, info = {k: v for k, v in vars(args).items() if k != "out"}, machine()
+    text = (
+        f"# Deployed latency of pruned {args.model}\n\n"
+        f"- Settings: {settings}\n"
+        f"- Batch 1, {args.imgsz} px, {args.threads} threads; median (25th-75th percentile) of {args.runs} timed runs "
+        f"after {WARMUP} warm-up runs, all models of a runtime interleaved, FP32 (OpenVINO held to f32); "
+        f"untrained weights (seed 0)\n"
+        f"- Load average at the start: {', '.join(f'{x:.1f}' for x in load_start)}; wall time {wall / 60:.1f} min\n"
+        f"{info}\n\n"
+        f"## Speed-up against the start model (target: speed-up / MACs reduction >= 0.85)\n\n"
+        f"{speed_rows(rows, args.runtimes)}\n\n"
+        f"## Latency target {args.latency} ({args.steps} step(s), round_to {args.target_round_to}; "
+        f"target: re-measured ratio within {TOLERANCE:.0%} of {args.latency})\n\n"
+        f"{target_rows(targets, args.latency)}\n"
+    )
+    record = {
+        "settings": settings,
+        "warmup": WARMUP,
+        "machine": info,
+        "load_start": load_start,
+        "load_end": load_end,
+        "seconds": wall,
+        "models": rows,
+        "targets": targets,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency.md").write_text(text)
+    (out / "latency.json").write_text(json.dumps(record, indent=1))
+    print(text)
+    print(f"{out / 'latency.json'}")
+    return record
+
+
+if __name__ == "__main__":
+    main()
