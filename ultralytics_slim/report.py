@@ -264,9 +264,9 @@ def _layers(r: _Run) -> list[str]:
     cfg = r.recipe.prune if r.recipe else None
     how = ""
     if cfg:
-        doc = (IMPORTANCES[cfg.importance].__doc__ or "").strip().rstrip(".")
+        doc = " ".join((IMPORTANCES[cfg.importance].__doc__ or "").split()).rstrip(".")  # one line, however wrapped
         how = (
-            f"Channels were ranked by importance `{cfg.importance}`: {doc[:1].lower() + doc[1:]}. The ranking spans "
+            f"Channels were ranked by importance `{cfg.importance}`: {doc if doc[1:2].isupper() else doc[:1].lower() + doc[1:]}. The ranking spans "
             "all layers at once, so a layer loses channels when its scores are low against the rest of the network; "
             f"every layer keeps at least min_channels={cfg.min_channels} and a multiple of round_to={cfg.round_to}."
         )
