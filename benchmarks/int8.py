@@ -27,8 +27,6 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=100)
     a = p.parse_args()
 
-    import numpy as np
-    import openvino as ov
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import strip_qat
 
@@ -41,18 +39,12 @@ def main() -> None:
         fp32_onnx = Path(floating.export(format="onnx", imgsz=a.imgsz, simplify=False)).rename(Path(tmp) / "fp32.onnx")
         int8_onnx = export_int8_onnx(qat, imgsz=a.imgsz, simplify=False)
         int8_ov = next(export_int8_openvino(qat, imgsz=a.imgsz, simplify=False).glob("*.xml"))
-        x = np.random.default_rng(0).random((1, 3, a.imgsz, a.imgsz), dtype=np.float32)
-
-        def openvino(path: Path):
-            cfg = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-            request = ov.Core().compile_model(str(path), "CPU", cfg).create_infer_request()
-            return lambda: request.infer({0: x})
 
         fns = {
             "onnxruntime FP32": runner(fp32_onnx, "onnxruntime", a.imgsz),
             "onnxruntime INT8 (Q/DQ)": runner(int8_onnx, "onnxruntime", a.imgsz),
-            "OpenVINO FP32": openvino(fp32_onnx),
-            "OpenVINO INT8": openvino(int8_ov),
+            "OpenVINO FP32": runner(fp32_onnx, "openvino", a.imgsz),
+            "OpenVINO INT8": runner(int8_ov, "openvino", a.imgsz),
         }
         ms = dict(zip(fns, (statistics.median(t) for t in interleaved_ms(list(fns.values()), a.runs, 10))))
     print(f"{a.weights} at {a.imgsz} px, batch 1, 2 threads, median of {a.runs} interleaved runs")

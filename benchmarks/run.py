@@ -671,34 +671,6 @@ def execute(cfg: Config, data: str, jobs: dict[str, Job], specs: dict[str, Row])
 
 
 # ---------------------------------------------------------------------------------------------------------- latency
-def ort_runner(onnx: Path, x: np.ndarray) -> Callable[[], Any]:
-    """A batch-1 onnxruntime CPU session with 2 intra-op threads that do not spin between runs."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 2, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle worker threads would otherwise spin after each run and steal the 2 cores from the next model timed.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(onnx), so, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: x})
-
-
-def ov_compile(onnx: Path) -> Any:
-    """The ONNX file compiled by OpenVINO for the CPU: 2 threads, one stream, latency mode, float ops kept in f32."""
-    import openvino as ov
-
-    config = {
-        "INFERENCE_NUM_THREADS": 2,
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
-    return ov.Core().compile_model(str(onnx), "CPU", config)
-
-
 def ov_int8_convs(compiled: Any) -> str:
     """'k/n': convolutions OpenVINO executes in int8 out of all, read from its runtime (execution) graph."""
     info = [op.get_rt_info() for op in compiled.get_runtime_model().get_ops()]
@@ -710,6 +682,7 @@ def ov_int8_convs(compiled: Any) -> str:
 def time_all(files: dict[str, Path], imgsz: int, runs: int) -> dict[str, dict[str, Any]]:
     """Batch-1 latencies (ms) of every ONNX file in onnxruntime and OpenVINO, interleaved by the package's one timer."""
     from ultralytics_slim.benchmark import interleaved_ms
+    from ultralytics_slim.latency import ov_compile, runner
 
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     out, fns = {}, []
@@ -717,7 +690,7 @@ def time_all(files: dict[str, Path], imgsz: int, runs: int) -> dict[str, dict[st
         compiled = ov_compile(onnx)
         request = compiled.create_infer_request()
         out[name] = {"int8_convs": ov_int8_convs(compiled)}
-        fns += [ort_runner(onnx, x), lambda r=request: r.infer({0: x})]
+        fns += [runner(onnx, "onnxruntime", imgsz), lambda r=request: r.infer({0: x})]
     times = interleaved_ms(fns, runs, WARMUP)
     for i, name in enumerate(files):
         out[name] |= {"ort": times[2 * i], "ov": times[2 * i + 1]}

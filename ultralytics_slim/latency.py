@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ def require_runtime(runtime: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError:
-        raise SlimDependencyError(f"prune.target.runtime={runtime!r} needs {pip}. Install it with: pip install {pip}") from None
+        raise SlimDependencyError(
+            f"prune.target.runtime={runtime!r} needs {pip}. Install it with: pip install {pip}"
+        ) from None
 
 
 def export_onnx(model: nn.Module, imgsz: int, path: Path) -> Path:
@@ -53,7 +56,7 @@ def export_onnx(model: nn.Module, imgsz: int, path: Path) -> Path:
 
 
 def runner(onnx: Path, runtime: str, imgsz: int, threads: int = 2) -> Callable[[], object]:
-    """A batch-1 FP32 inference call of an ONNX file in `runtime` (CPU, `threads` threads).
+    """A batch-1 inference call of an ONNX file (or, for OpenVINO, an IR) in `runtime` (CPU, `threads` threads).
 
     OpenVINO is held to f32 (its default on CPUs with bf16 instructions is bf16, which is not the FP32 model), and
     onnxruntime's threads do not spin, so that an idle session does not take cores from the next one in interleaved
@@ -69,11 +72,22 @@ def runner(onnx: Path, runtime: str, imgsz: int, threads: int = 2) -> Callable[[
         session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda: session.run(None, {name: x})
+    request = ov_compile(onnx, threads).create_infer_request()
+    return lambda: request.infer({0: x})
+
+
+def ov_compile(model: Path, threads: int = 2) -> Any:
+    """`model` (ONNX or OpenVINO IR) compiled for the CPU: `threads` threads, one stream, latency mode, float ops in
+    f32 (int8 where the graph has Q/DQ or FakeQuantize)."""
     import openvino as ov
 
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    request = ov.Core().compile_model(str(onnx), "CPU", config).create_infer_request()
-    return lambda: request.infer({0: x})
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    return ov.Core().compile_model(str(model), "CPU", config)
 
 
 def _runner_of(model: nn.Module, runtime: str, imgsz: int, threads: int) -> Callable[[], object]:
@@ -94,5 +108,7 @@ class RelativeLatency:
 
     def __call__(self, model: nn.Module) -> tuple[float, float]:
         """(median latency of `model` / median latency of the reference, median latency of `model` in ms)."""
-        ref, ms = interleaved_ms([self._reference, _runner_of(model, self.runtime, self.imgsz, self.threads)], self.runs)
+        ref, ms = interleaved_ms(
+            [self._reference, _runner_of(model, self.runtime, self.imgsz, self.threads)], self.runs
+        )
         return statistics.median(ms) / statistics.median(ref), statistics.median(ms)

@@ -161,15 +161,15 @@ class PruneTechnique(Technique):
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
         for i in due:
-            kind, goal = self.cfg.target.kind, self.cfg.target.ratio ** ((i + 1) / len(self.events))
-            target = self.base * goal
-            if kind == "latency":
-                target, ratio, ms = macs_for_latency(
+            goal = self.cfg.target.ratio ** ((i + 1) / len(self.events))
+            if self.cfg.target.kind == "latency":  # a MACs target found by timing candidates
+                macs, ratio, ms = macs_for_latency(
                     model, goal, self._measure, importance=self.cfg.importance, seed=i, **self._kwargs()
                 )
-            result = pruning.prune_to(
-                model, "macs" if kind == "latency" else kind, target, importance=self.cfg.importance, seed=i, **self._kwargs()
-            )
+                kind, target, timed = "macs", macs, {"latency": round(ms, 3), "latency_ratio": round(ratio, 4)}
+            else:
+                kind, target, timed = self.cfg.target.kind, self.base * goal, {}
+            result = pruning.prune_to(model, kind, target, importance=self.cfg.importance, seed=i, **self._kwargs())
             self.done = i + 1
             for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
                 self.kept[n] = [self.kept[n][j] for j in idx] if n in self.kept else idx
@@ -189,7 +189,7 @@ class PruneTechnique(Technique):
                         if result.channels_before.get(n, c) != c
                     },
                     "seconds": round(result.seconds, 2),
-                    **({"latency": round(ms, 3), "latency_ratio": round(ratio, 4)} if kind == "latency" else {}),
+                    **timed,
                 }
             )
         model.yaml[PRUNED_KEY] = True
