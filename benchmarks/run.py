@@ -416,6 +416,9 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
     qat, baseline_qat = recipe("prune_distill_qat.yaml", 0.5), recipe("qat.yaml")
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
+    slimming = recipe(  # the first release's prune.yaml: network slimming, pruning after sparsity training
+        "prune.yaml", 0.5, sparsity={"strength": "auto", "start": 0, "end": 0.4}, prune={"steps": 4, "start": 0.4, "end": 0.7}
+    )
     rows = [
         Row("baseline", f"YOLOv8n from yaml, {E} epochs, SGD (cached)", measured(trained("yolov8n.yaml")), deps=(),
             stock=True, epochs=E, train=FROM_SCRATCH, cost=E, group="scratch"),
@@ -444,6 +447,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
             measured(ptq), stock=True, group=""),
         Row("oneshot-50", f"one-shot L1 pruning to 50% MACs, no sparsity ({phases(oneshot, F)})",
             measured(continued("baseline", oneshot)), epochs=F, cost=F, slim=oneshot),
+        Row("slimming-50", f"sparsity training, then pruning with bn_scale_lamp, 50% MACs ({phases(slimming, F)})",
+            measured(continued("baseline", slimming)), epochs=F, cost=F, slim=slimming),
         Row("unstructured-50", "global L1 unstructured on the baseline's convs to slim-50's param count, no fine-tune",
             measured(unstructured), deps=(Dep("baseline"), Dep("slim-50")), group=""),
     ]  # fmt: skip

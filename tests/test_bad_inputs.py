@@ -88,7 +88,7 @@ def test_pruning_steps_never_stack_in_one_epoch():
     s = build_schedule(load_recipe({"prune": {"steps": 100, "start": 0, "end": 1}}), 2)
     assert s.events["prune"] == (0,)
     assert "prune.steps=100" in s.notes[0] and "taking 1 step" in s.notes[0]
-    s = build_schedule(load_recipe("prune.yaml"), 12)  # the README demo's length: 3 epochs for 4 steps
+    s = build_schedule(load_recipe({"prune": {"steps": 4, "start": 0.4, "end": 0.7}}), 12)  # 3 epochs for 4 steps
     assert len(set(s.events["prune"])) == len(s.events["prune"]) == 3 and s.notes
 
 

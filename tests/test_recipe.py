@@ -28,6 +28,18 @@ def test_shipped_recipe_resolves_by_name_like_ultralytics_data():
 
 
 @pytest.mark.parametrize(
+    ("recipe", "importance"),
+    [
+        ({"prune": {}}, "lamp"),
+        ({"sparsity": {"end": 0.3}, "prune": {"start": 0.4}}, "bn_scale_lamp"),
+        ({"sparsity": {"end": 0.3}, "prune": {"start": 0.4, "importance": "l2"}}, "l2"),  # a choice is kept
+    ],
+)
+def test_auto_importance_follows_the_sparsity_phase(recipe, importance):
+    assert load_recipe(recipe).prune.importance == importance
+
+
+@pytest.mark.parametrize(
     ("recipe", "expected"),
     [
         ({"prune": {"targt": {"macs": 0.5}}}, r"'prune\.targt' is not a valid key\. Did you mean 'target'"),

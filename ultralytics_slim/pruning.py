@@ -126,7 +126,7 @@ def prune_to(
     kind: Literal["macs", "params"],
     target: float,
     *,
-    importance: str = "bn_scale_lamp",
+    importance: str = "lamp",
     round_to: int = 8,
     min_channels: int = 8,
     ignore: Sequence[str] = (),
@@ -136,9 +136,9 @@ def prune_to(
     """Prune `model` IN PLACE until its MACs (or params) are <= `target` and within ~1% of it.
 
     `target` is an absolute count as returned by `count_macs_params` at `imgsz`. Channels are ranked globally over all
-    coupled groups with `importance` (a name in `ultralytics_slim.importance`; the default "bn_scale_lamp" is |BN gamma|
-    with LAMP normalization, the best measured in benchmarks/importance.py); every layer keeps at least `min_channels` and
-    a multiple of `round_to`. Deterministic for the same weights, so every DDP rank takes the same decision. The model
+    coupled groups with `importance` (a name in `ultralytics_slim.importance`; the default "lamp", conv weights with
+    LAMP normalization, kept the most mAP in benchmarks/importance.py); every layer keeps at least `min_channels` and a
+    multiple of `round_to`. Deterministic for the same weights, so every DDP rank takes the same decision. The model
     keeps its Python identity, train/eval mode, device and dtype; afterwards it holds only stock Ultralytics classes
     with consistent attributes, and head outputs keep their shapes.
 

@@ -133,10 +133,14 @@ class PruneConfig(PhaseConfig):
     }
 
     target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.5), description="ratio of MACs or params to keep")
-    importance: str = Field("bn_scale_lamp", description="channel ranking, a name registered in ultralytics_slim.importance")
-    steps: int = Field(4, ge=1, le=100, description="number of pruning steps spread over [start, end)")
-    start: When = Field(0.5, description="epoch of the first pruning step")
-    end: When = Field(0.8, description="epoch by which the target is reached")
+    importance: str = Field(
+        "auto",
+        description="channel ranking, a name registered in ultralytics_slim.importance; auto: bn_scale_lamp after a "
+        "sparsity phase (it takes the channels sparsity faded), lamp otherwise",
+    )
+    steps: int = Field(3, ge=1, le=100, description="number of pruning steps spread over [start, end)")
+    start: When = Field(0, description="epoch of the first pruning step (early: the most epochs left to recover)")
+    end: When = Field(0.3, description="epoch by which the target is reached")
     round_to: int = Field(8, ge=1, description="kept channel counts are multiples of this")
     min_channels: int = Field(8, ge=1, description="floor of channels kept in every layer")
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
@@ -144,10 +148,10 @@ class PruneConfig(PhaseConfig):
     @field_validator("importance")
     @classmethod
     def _known_importance(cls, v: str) -> str:
-        if v not in IMPORTANCES:
+        if v != "auto" and v not in IMPORTANCES:
             close = difflib.get_close_matches(v, list(IMPORTANCES), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown importance.{hint} Valid: {list(IMPORTANCES)}")
+            raise ValueError(f"unknown importance.{hint} Valid: {['auto', *IMPORTANCES]}")
         return v
 
     def events(self, window: Window) -> tuple[tuple[int, ...], list[str]]:
@@ -273,6 +277,15 @@ class Recipe(BaseModel):
     def _not_empty(self) -> Recipe:
         if not self.phases():
             raise ValueError(f"the recipe has no section; use one or more of {list(PHASES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_importance(self) -> Recipe:
+        """`importance: auto` is measured best for what precedes pruning: after sparsity training, |gamma| (with LAMP)
+        knows which channels were faded; without it, LAMP on the conv weights keeps the most mAP (benchmarks/importance.py)."""
+        prune = getattr(self, "prune", None)
+        if prune is not None and prune.importance == "auto":
+            prune.importance = "bn_scale_lamp" if getattr(self, "sparsity", None) is not None else "lamp"
         return self
 
 
