@@ -216,7 +216,7 @@ def _steps(r: _Run, start_map: float) -> list[str]:
         "Val mAP50-95: *before* is the last validation before the step, *after* the one at the end of the step's epoch "
         "(one epoch of fine-tuning), *later* the last one before the next step or at the end of the run.",
         "",
-        "| step | at epoch | params (M) | GFLOPs | mAP50-95 before | after | later | recovered after the drop |"
+        "| step | at epoch | params (M) | GFLOPs | mAP50-95 before | after | later | recovered of the step's drop |"
         + (" latency (ms) |" if timed else ""),
         "|---|---|---|---|---|---|---|---|" + ("---|" if timed else ""),
     ]
@@ -235,7 +235,7 @@ def _steps(r: _Run, start_map: float) -> list[str]:
             cells += [f"{before:.3f}", f"{after:.3f} ({(after - before) * 100:+.1f} pts)", "next step", ""]
         else:
             drop = before - after
-            share = f", {(later - after) / drop:.0%} of the drop" if drop > 0 else ""
+            share = "" if drop <= 0 else ", all of it" if later >= before else f", {(later - after) / drop:.0%} of it"
             cells += [
                 f"{before:.3f}",
                 f"{after:.3f} ({(after - before) * 100:+.1f} pts)",
