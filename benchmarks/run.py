@@ -8,8 +8,9 @@
 
 Every variant starts from a YOLOv8n baseline trained here from scratch for E epochs (cached under a key of the data,
 model and settings; converged when F more epochs add less than 0.5 point) and trains F more epochs; the reference for
-every "d" column is that baseline trained F more stock epochs (`baseline+F`). Rows that carry claims run with several seeds and are reported as mean +- std, and
-one row beats another only when the difference of means exceeds both standard deviations. Each finished (row, seed) is
+every "d" column is that baseline trained F more stock epochs (`baseline+F`). Rows that carry claims run with several
+seeds and are reported as mean +- std, and one row beats another only when the difference of means exceeds both
+standard deviations. Each finished (row, seed) is
 stored at once under `.work/records/`, and an interrupted training resumes from its last epoch, so a killed benchmark
 continues where it stopped. Two trainings run side by side (Ultralytics trains on one thread). Latency is measured at
 the end, batch 1, in onnxruntime and OpenVINO, at the training size and at 640 px, interleaved across all models.
@@ -418,7 +419,10 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     qat, baseline_qat = recipe("prune_distill_qat.yaml", 0.5), recipe("qat.yaml")
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
     slimming = recipe(  # the first release's prune.yaml: network slimming, pruning after sparsity training
-        "prune.yaml", 0.5, sparsity={"strength": "auto", "start": 0, "end": 0.4}, prune={"steps": 4, "start": 0.4, "end": 0.7}
+        "prune.yaml",
+        0.5,
+        sparsity={"strength": "auto", "start": 0, "end": 0.4},
+        prune={"steps": 4, "start": 0.4, "end": 0.7},
     )
     rows = [
         Row("baseline", f"YOLOv8n from yaml, {E} epochs, SGD (cached)", measured(trained("yolov8n.yaml")), deps=(),
