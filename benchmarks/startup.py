@@ -30,8 +30,10 @@ def main() -> None:
         capture_output=True,
         text=True,
     ).stdout.strip()
-    print(f"start-up hook: median {statistics.median(costs) / 1000:.2f} ms, min {min(costs) / 1000:.2f} ms over {runs} runs; "
-          f"heavy modules imported at start-up: {heavy}")
+    print(
+        f"start-up hook: median {statistics.median(costs) / 1000:.2f} ms, min {min(costs) / 1000:.2f} ms over {runs} runs; "
+        f"heavy modules imported at start-up: {heavy}"
+    )
 
 
 if __name__ == "__main__":

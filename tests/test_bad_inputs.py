@@ -109,7 +109,9 @@ def test_teacher_with_another_head_is_rejected_before_training(tmp_path, detect_
     teacher.names = {0: "circle", 1: "square", 2: "triangle"}
     torch.save({"model": teacher.half()}, tmp_path / "cls.pt")
     with pytest.raises(SlimConfigError, match="head Classify"):
-        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "cls.pt")}})
+        YOLO("yolov8n.yaml").train(
+            **train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "cls.pt")}}
+        )
     assert not (tmp_path / "run").exists()
 
 

@@ -188,7 +188,9 @@ def test_obb_labels_are_elongated_rectangles(tmp_path: Path) -> None:
 def test_cli(tmp_path: Path) -> None:
     """Stdout holds the path alone, so `data=$(python -m ultralytics_slim.data ...)` works; logs go to stderr."""
     args = ["--task", "obb", "--out", str(tmp_path / "o"), "--n-train", "4", "--n-val", "2", "--imgsz", "48"]
-    r = subprocess.run([sys.executable, "-m", "ultralytics_slim.data", *args], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "ultralytics_slim.data", *args], capture_output=True, text=True, check=True
+    )
     assert r.stdout == f"{(tmp_path / 'o' / 'data.yaml').resolve()}\n"
     assert "Synthetic obb set" in r.stderr
     assert len(list((tmp_path / "o" / "images" / "train").glob("*.png"))) == 4

@@ -74,14 +74,20 @@ def test_teacher_with_other_classes_is_rejected_without_leaving_a_run(tmp_path, 
     teacher.names = {i: f"c{i}" for i in range(5)}
     torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "teacher.pt")
     with pytest.raises(SlimConfigError, match=r"distill\.teacher=.*has classes"):
-        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "teacher.pt"), "start": 0}})
+        YOLO("yolov8n.yaml").train(
+            **train_args(tmp_path, data=detect_data),
+            slim={"distill": {"teacher": str(tmp_path / "teacher.pt"), "start": 0}},
+        )
     assert not (tmp_path / "run").exists()
 
 
 def test_unreadable_teacher_is_rejected_before_anything_is_written(tmp_path, detect_data):
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SlimConfigError, match="not a readable Ultralytics checkpoint"):
-        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "broken.pt"), "start": 0}})
+        YOLO("yolov8n.yaml").train(
+            **train_args(tmp_path, data=detect_data),
+            slim={"distill": {"teacher": str(tmp_path / "broken.pt"), "start": 0}},
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -105,7 +111,13 @@ def test_head_loss_weighs_like_the_task_loss():
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).train()
     model.args = get_cfg()
     img = torch.rand(4, 3, 128, 128)
-    boxes = [[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.3], [0.5, 0.5, 0.4, 0.4], [0.2, 0.7, 0.1, 0.1], [0.7, 0.2, 0.2, 0.3]]
+    boxes = [
+        [0.3, 0.3, 0.2, 0.2],
+        [0.6, 0.6, 0.3, 0.3],
+        [0.5, 0.5, 0.4, 0.4],
+        [0.2, 0.7, 0.1, 0.1],
+        [0.7, 0.2, 0.2, 0.3],
+    ]
     batch = {"batch_idx": torch.tensor([0.0, 0, 1, 2, 3]), "cls": torch.tensor([[0.0], [1], [2], [0], [1]]),
              "bboxes": torch.tensor(boxes)}  # fmt: skip
     preds = model(img)
@@ -122,7 +134,10 @@ def test_checkpoint_teacher_distils(tmp_path, detect_data):
     teacher = DetectionModel("yolov8s.yaml", nc=3, verbose=False)
     teacher.names = yaml.safe_load(open(detect_data))["names"]
     torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "teacher.pt")
-    YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), slim={"distill": {"teacher": str(tmp_path / "teacher.pt"), "start": 0}})
+    YOLO("yolov8n.yaml").train(
+        **train_args(tmp_path, data=detect_data),
+        slim={"distill": {"teacher": str(tmp_path / "teacher.pt"), "start": 0}},
+    )
     with open(tmp_path / "run" / "results.csv") as f:
         assert all(float(row["train/distill"]) > 0 for row in csv.DictReader(f))
     assert not (tmp_path / "run" / "weights" / "teacher.pt").exists()  # a checkpoint teacher is read where it lies

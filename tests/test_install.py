@@ -19,7 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("editable", [False, True], ids=["pip install .", "pip install -e ."])
 def test_installed_hook_makes_stock_cli_accept_slim(tmp_path, detect_data, editable):
     target = tmp_path / "site"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), *(["-e"] if editable else []), str(REPO)]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--target",
+        str(target),
+        *(["-e"] if editable else []),
+        str(REPO),
+    ]
     subprocess.run(pip, check=True, capture_output=True, timeout=600)
     assert (target / "ultralytics_slim.pth").exists()
     words = " ".join(cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml", epochs=1)))

@@ -38,7 +38,12 @@ def test_cli_sparsity_run_writes_tensorboard_and_sparsifies(tmp_path, sparse_dat
         assert r.returncode == 0, r.stderr[-3000:]
 
     scalars, histograms = events(tmp_path / "slim")
-    assert {"slim/bn_sparsity@0.01", "slim/bn_sparsity@0.001", "slim/bn_gamma_mean", "slim/sparsity_strength"} <= scalars
+    assert {
+        "slim/bn_sparsity@0.01",
+        "slim/bn_sparsity@0.001",
+        "slim/bn_gamma_mean",
+        "slim/sparsity_strength",
+    } <= scalars
     assert any(h.startswith("slim/gamma/model.") for h in histograms)
     header = (tmp_path / "slim" / "results.csv").read_text().splitlines()[0]
     assert "slim/bn_sparsity@0.01" in header and "slim/GFLOPs" in header
@@ -60,14 +65,18 @@ def test_cli_sparsity_run_writes_tensorboard_and_sparsifies(tmp_path, sparse_dat
 def test_cli_bad_recipe_fails_before_any_run_directory(tmp_path, detect_data, content, key):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(content)
-    r = run_yolo("train", *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml")), f"slim={recipe}", cwd=tmp_path)
+    r = run_yolo(
+        "train", *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml")), f"slim={recipe}", cwd=tmp_path
+    )
     assert r.returncode != 0
     assert key in r.stdout + r.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_cli_typo_is_still_rejected_by_ultralytics(tmp_path, detect_data):
-    r = run_yolo("train", *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml")), "slimm=prune.yaml", cwd=tmp_path)
+    r = run_yolo(
+        "train", *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml")), "slimm=prune.yaml", cwd=tmp_path
+    )
     assert r.returncode != 0
     assert re.search(r"'slimm' is not a valid YOLO argument.*\bslim\b", r.stdout + r.stderr, re.S)
 
@@ -147,7 +156,9 @@ def test_sparsity_step_does_not_depend_on_the_amp_scale(tmp_path, detect_data, m
 
     monkeypatch.setattr(ul_trainer.torch.amp, "GradScaler", CPUScaler)
     strength, lr = 0.5, 0.01
-    args = train_args(tmp_path, data=detect_data, model="yolov8n.yaml", optimizer="SGD", lr0=lr, momentum=0.0, warmup_epochs=0)
+    args = train_args(
+        tmp_path, data=detect_data, model="yolov8n.yaml", optimizer="SGD", lr0=lr, momentum=0.0, warmup_epochs=0
+    )
     trainer = SlimDetectionTrainer(overrides={**args, "slim": {"sparsity": {"strength": strength, "end": 1}}})
     trainer._setup_train()
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 1024.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +20,12 @@ from ultralytics_slim.errors import SlimConfigError
 
 # One pruning step at the start of epoch 1 of 2, straight to half the MACs.
 ONE_STEP = {"prune": {"target": {"macs": 0.5}, "steps": 1, "start": 1, "end": 2}}
-MODEL_FOR_TASK = {"segment": "yolo11n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolo26n-obb.yaml", "classify": "yolo11n-cls.yaml"}
+MODEL_FOR_TASK = {
+    "segment": "yolo11n-seg.yaml",
+    "pose": "yolov8n-pose.yaml",
+    "obb": "yolo26n-obb.yaml",
+    "classify": "yolo11n-cls.yaml",
+}
 
 
 def macs_ratio(before: torch.nn.Module, after: torch.nn.Module) -> float:
@@ -31,10 +38,23 @@ def test_families_prune_to_target_and_load_without_plugin(tmp_path, detect_data,
     best = tmp_path / "run" / "weights" / "best.pt"
     pruned = load_checkpoint(best)[0]
     assert 0.49 <= macs_ratio(type(pruned)(cfg, nc=pruned.nc, verbose=False), pruned) <= 0.51  # within 2% of 0.5
-    assert get_num_params(pruned) == get_num_params(load_checkpoint(tmp_path / "run" / "weights" / "last.pt")[0])  # best.pt: final shape
-    assert pickled_modules(best) <= {"torch", "ultralytics", "collections", "builtins", "__builtin__", "numpy", "_codecs", "pathlib"}
+    assert get_num_params(pruned) == get_num_params(
+        load_checkpoint(tmp_path / "run" / "weights" / "last.pt")[0]
+    )  # best.pt: final shape
+    assert pickled_modules(best) <= {
+        "torch",
+        "ultralytics",
+        "collections",
+        "builtins",
+        "__builtin__",
+        "numpy",
+        "_codecs",
+        "pathlib",
+    }
 
-    code = BLOCK_PLUGIN + f"""
+    code = (
+        BLOCK_PLUGIN
+        + f"""
 import numpy as np, onnxruntime
 from ultralytics import YOLO
 m = YOLO({str(best)!r})
@@ -45,6 +65,7 @@ out = onnxruntime.InferenceSession(onnx).run(None, {{"images": np.zeros((1, 3, 6
 assert "ultralytics_slim" not in sys.modules
 print("params", sum(p.numel() for p in m.model.parameters()), "out", out[0].shape)
 """
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"params {get_num_params(pruned)}" in r.stdout
@@ -79,7 +100,7 @@ def test_unreachable_target_is_reported_before_training(tmp_path, detect_data):
 
 
 def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data):
-    recipe = {"prune": {"target": {"macs": 0.5}, "steps": 2, "start": 1, "end": 3}}
+    recipe = {"prune": {"target": {"macs": 0.5}, "steps": 2, "start": 1, "end": 3, "lr_scale": 3.0}}
     args = train_args(tmp_path, data=detect_data, epochs=4, deterministic=True, seed=0)
 
     YOLO("yolov8n.yaml").train(**{**args, "name": "full"}, slim=recipe)
@@ -104,6 +125,29 @@ def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data
     base = resumed["train_args"]["slim"]["state"]["prune"]["base"]
     for ckpt in (resumed, full):
         assert abs(pruning.count_macs_params(ckpt["model"].float())[0] / base - 0.5) < 0.01
+    assert learning_rates(tmp_path / "cut") == learning_rates(tmp_path / "full")  # lr_scale applied once, kept
+
+
+def learning_rates(run: Path) -> list[list[float]]:
+    """The lr/pg* columns of a run's results.csv, per epoch."""
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    return [[float(v) for k, v in r.items() if k.strip().startswith("lr/")] for r in rows]
+
+
+def test_lr_scale_multiplies_the_rates_from_the_first_step(tmp_path, detect_data):
+    args = train_args(tmp_path, data=detect_data, deterministic=True, seed=0)
+    for name, scale in (("plain", 1.0), ("scaled", 3.0)):
+        YOLO("yolov8n.yaml").train(**{**args, "name": name}, slim={"prune": {**ONE_STEP["prune"], "lr_scale": scale}})
+    plain, scaled = learning_rates(tmp_path / "plain"), learning_rates(tmp_path / "scaled")
+    assert len(plain) == len(scaled) == 2 and all(lr > 0 for lr in plain[1])
+    assert scaled[0] == plain[0]  # before the step (epoch 0)
+    assert scaled[1] == pytest.approx([3 * lr for lr in plain[1]], rel=1e-4)  # results.csv rounds
+
+    # never above 0.01: SGD at lr0=0.01 stays as the stock schedule has it
+    recipe = {"prune": {**ONE_STEP["prune"], "lr_scale": 3.0}}
+    YOLO("yolov8n.yaml").train(**{**args, "name": "sgd", "optimizer": "SGD", "lr0": 0.01}, slim=recipe)
+    lf = (1 - 1 / 2) * (1 - 0.01) + 0.01  # Ultralytics' linear schedule at epoch 1 of 2, lrf=0.01
+    assert learning_rates(tmp_path / "sgd")[1] == pytest.approx([0.01 * lf] * 3, rel=1e-4)
 
 
 DDP_WORKER = """
@@ -137,7 +181,12 @@ def test_two_ranks_take_the_same_pruning_decision(tmp_path, importance):
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
     procs = [
-        subprocess.Popen([sys.executable, str(script), str(r), port, importance], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), port, importance],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in (0, 1)
     ]
     outs = [p.communicate(timeout=300) for p in procs]

@@ -267,7 +267,9 @@ def test_helpers_leave_the_model_alone() -> None:
             assert idx.dtype == torch.long and len(idx) == len(g[0][2]) and int(idx.max()) < p.shape[dim]
 
 
-_FRESH = BLOCK_PLUGIN + r"""
+_FRESH = (
+    BLOCK_PLUGIN
+    + r"""
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -288,6 +290,7 @@ assert out.shape == ref.shape and np.allclose(out, ref, atol=2e-3), float(np.abs
 assert not [k for k in sys.modules if k.startswith("ultralytics_slim")]
 print("FRESH OK")
 """
+)
 
 
 def test_checkpoint_loads_predicts_and_exports_without_plugin(tmp_path: Path) -> None:

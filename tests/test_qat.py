@@ -122,7 +122,10 @@ def test_int8_onnx_validates_with_stock_yolo_val(onnx_files: SimpleNamespace, tm
     assert set(int8) == set(qdq) and all(np.isfinite(v) for v in int8.values())
     assert all(abs(int8[k] - qdq[k]) < 1e-3 for k in int8), (int8, qdq)
     image = next((Path(detect_data).parent / "images" / "val").glob("*"))
-    boxes = [YOLO(f).predict(image, imgsz=IMGSZ, conf=0.001, device="cpu", verbose=False)[0].boxes for f in (onnx_files.int8, onnx_files.qdq)]
+    boxes = [
+        YOLO(f).predict(image, imgsz=IMGSZ, conf=0.001, device="cpu", verbose=False)[0].boxes
+        for f in (onnx_files.int8, onnx_files.qdq)
+    ]
     assert len(boxes[0]) == len(boxes[1]) > 0  # an untrained head still proposes boxes at conf 0.001
     np.testing.assert_allclose(boxes[0].xyxy.numpy(), boxes[1].xyxy.numpy(), atol=0.5)
 

@@ -69,7 +69,9 @@ def test_yaml_file_errors(tmp_path):
 
 
 def test_fractions_and_epochs_resolve():
-    s = build_schedule(load_recipe({"sparsity": {"start": 0, "end": 0.4}, "prune": {"start": 4, "end": 7, "steps": 3}}), 10)
+    s = build_schedule(
+        load_recipe({"sparsity": {"start": 0, "end": 0.4}, "prune": {"start": 4, "end": 7, "steps": 3}}), 10
+    )
     assert (s.windows["sparsity"].start, s.windows["sparsity"].end) == (0, 4)
     assert s.events["prune"] == (4, 5, 6) and not s.notes
     assert 3 in s.windows["sparsity"] and 4 not in s.windows["sparsity"]

@@ -20,7 +20,12 @@ from ultralytics_slim.recipe import shipped_recipes
 
 @pytest.mark.parametrize("name", shipped_recipes())
 def test_shipped_recipe_through_yolo_cli(tmp_path, detect_data, name):
-    r = run_yolo("train", *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml", epochs=10)), f"slim={name}", cwd=tmp_path)
+    r = run_yolo(
+        "train",
+        *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml", epochs=10)),
+        f"slim={name}",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run, recipe = tmp_path / "run", load_recipe(name)
     start, best = (load_checkpoint(run / "weights" / f"{w}.pt")[0] for w in ("start", "best"))
@@ -38,12 +43,15 @@ def test_shipped_recipe_through_yolo_cli(tmp_path, detect_data, name):
     out = onnxruntime.InferenceSession(str(onnx_path)).run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
     assert out[0].shape[0] == 1
 
-    code = BLOCK_PLUGIN + f"""
+    code = (
+        BLOCK_PLUGIN
+        + f"""
 from ultralytics import YOLO
 m = YOLO({str(run / "weights" / "best.pt")!r})
 metrics = m.val(data={detect_data!r}, imgsz=64, batch=8, plots=False, device="cpu")
 print("loaded", sum(p.numel() for p in m.model.parameters()))
 """
+    )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert "loaded" in loaded.stdout

@@ -136,6 +136,8 @@ def test_step_costs_come_from_the_validations_around_each_step(run, tmp_path, de
     assert re.search(r"^\| 1 \| 2 \| .* \| 0\.300 \| 0\.100 \(-20\.0 pts\) \| next step \|", report, re.M)
     second = r"^\| 2 \| 3 \| .* \| 0\.100 \| 0\.050 \(-5\.0 pts\) \| 0\.250 \(epoch 4\) \| \+20\.0 pts, all of it \|"
     assert re.search(second, report, re.M)
-    assert "0.300 before the first step, 0.050 at the lowest (epoch 3), 0.250 at the end (epoch 4): fine-tuning " \
+    assert (
+        "0.300 before the first step, 0.050 at the lowest (epoch 3), 0.250 at the end (epoch 4): fine-tuning "
         "recovered 80% of the drop" in report
+    )
     assert "Val mAP50-95 over the sparsity window: 0.000 at the start, 0.300 at its end (+30.0 pts)" in report

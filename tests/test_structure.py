@@ -77,7 +77,10 @@ def test_a_registered_phase_runs_through_train(tmp_path, detect_data, shrink_pha
     model = YOLO("yolov8n.yaml")
     model.train(**train_args(tmp_path, data=detect_data, epochs=2), slim={"shrink": {"factor": 0.25, "start": 1}})
     run = tmp_path / "run"
-    assert yaml.safe_load((run / "slim.yaml").read_text()) == {"shrink": {"factor": 0.25, "start": 1, "end": 1.0}, "report": {"latency_runs": 0}}
+    assert yaml.safe_load((run / "slim.yaml").read_text()) == {
+        "shrink": {"factor": 0.25, "start": 1, "end": 1.0},
+        "report": {"latency_runs": 0},
+    }
     assert model.trainer.slim.technique("shrink").acted == [1]
     header = (run / "results.csv").read_text().splitlines()[0]
     assert "slim/shrinks" in header
@@ -126,7 +129,9 @@ def _imports(path: Path, modules: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
-            found |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names}
+            found |= {
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+            }
     return {m for m in found if m in modules}
 
 

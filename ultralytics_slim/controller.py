@@ -67,7 +67,9 @@ class SlimController:
             t.check(trainer)
         if not trainer.resume and RANK in {-1, 0}:
             start = deepcopy(unwrap_model(trainer.model)).half()
-            torch.save({"model": start, "train_args": vars(trainer.args), "version": __version__}, trainer.wdir / "start.pt")
+            torch.save(
+                {"model": start, "train_args": vars(trainer.args), "version": __version__}, trainer.wdir / "start.pt"
+            )
         for t in self.techniques:
             t.setup(trainer)
 

@@ -1,8 +1,8 @@
 """Exceptions raised by ultralytics-slim.
 
-    SlimError                 base class, catch this to handle any plugin error
-    ├── SlimConfigError       a recipe key or value is invalid, or the schedule does not fit the run
-    └── SlimDependencyError   a technique asked for in the recipe needs a package that is not installed
+SlimError                 base class, catch this to handle any plugin error
+├── SlimConfigError       a recipe key or value is invalid, or the schedule does not fit the run
+└── SlimDependencyError   a technique asked for in the recipe needs a package that is not installed
 """
 
 from __future__ import annotations

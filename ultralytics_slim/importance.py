@@ -84,4 +84,3 @@ def bn_scale_lamp() -> Any:
     return tp.importance.GroupMagnitudeImportance(
         p=2, normalizer="lamp", target_types=(nn.modules.batchnorm._BatchNorm,)
     )
-

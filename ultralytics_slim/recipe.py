@@ -69,14 +69,22 @@ class PhaseConfig(_Section):
 class SparsityConfig(PhaseConfig):
     """Sparsity training that drives the channels pruning will remove to zero before it removes them."""
 
-    method: Literal["bn_l1", "group_lasso"] = Field("bn_l1", description="BN scales (and shifts), or every weight of a coupled channel")
+    method: Literal["bn_l1", "group_lasso"] = Field(
+        "bn_l1", description="BN scales (and shifts), or every weight of a coupled channel"
+    )
     strength: Union[Literal["auto"], float] = Field(
-        "auto", description="'auto': fade what pruning removes to zero; a number: decoupled L1, shrink lr * strength per step"
+        "auto",
+        description="'auto': fade what pruning removes to zero; a number: decoupled L1, shrink lr * strength per step",
     )
     goal: Optional[float] = Field(
-        None, gt=0, lt=1, description="fraction of prunable channels to zero; default: what prune.target removes, else 0.3"
+        None,
+        gt=0,
+        lt=1,
+        description="fraction of prunable channels to zero; default: what prune.target removes, else 0.3",
     )
-    decay: Literal["none", "linear"] = Field("none", description="'linear' decays a numeric strength to 0 over the window")
+    decay: Literal["none", "linear"] = Field(
+        "none", description="'linear' decays a numeric strength to 0 over the window"
+    )
     start: When = Field(0, description="first epoch of the phase")
     end: When = Field(0.5, description="epoch at which the phase stops")
     ignore: list[str] = Field(default_factory=list, description="module names or class names left unregularized")
@@ -106,7 +114,9 @@ class PruneTarget(BaseModel):
     runtime: Literal["onnxruntime", "openvino"] | None = Field(
         None, description="CPU runtime a latency target is measured in (default: onnxruntime)"
     )
-    imgsz: int | None = Field(None, ge=32, description="deployment image size of a latency target (default: the run's imgsz)")
+    imgsz: int | None = Field(
+        None, ge=32, description="deployment image size of a latency target (default: the run's imgsz)"
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> PruneTarget:
@@ -132,7 +142,9 @@ class PruneConfig(PhaseConfig):
         "sparsity": "pruning ranks the channels that sparsity training drove towards zero"
     }
 
-    target: PruneTarget = Field(default_factory=lambda: PruneTarget(macs=0.5), description="ratio of MACs or params to keep")
+    target: PruneTarget = Field(
+        default_factory=lambda: PruneTarget(macs=0.5), description="ratio of MACs or params to keep"
+    )
     importance: str = Field(
         "auto",
         description="channel ranking, a name registered in ultralytics_slim.importance; auto: bn_scale_lamp after a "
@@ -144,6 +156,12 @@ class PruneConfig(PhaseConfig):
     round_to: int = Field(8, ge=1, description="kept channel counts are multiples of this")
     min_channels: int = Field(8, ge=1, description="floor of channels kept in every layer")
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
+    lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="multiplies the run's learning rates from the first step to the end, never above 0.01 (a pruned "
+        "network recovers faster at a training-size learning rate than at a fine-tuning one)",
+    )
 
     @field_validator("importance")
     @classmethod
@@ -229,7 +247,9 @@ class Phase:
 PHASES: dict[str, Phase] = {}  # in acting order within an epoch (the teacher is copied before a pruning step)
 
 
-def register_phase(key: str, config: type[PhaseConfig], technique: str, *, extra: str = "", before: str | None = None) -> Phase:
+def register_phase(
+    key: str, config: type[PhaseConfig], technique: str, *, extra: str = "", before: str | None = None
+) -> Phase:
     """Add a phase to the table (at the end, or right before the phase `before`) and so to the recipe schema.
 
     Args:
@@ -316,7 +336,9 @@ def _resolve_path(source: str | Path) -> Path:
         raise SlimConfigError(f"slim={str(source)!r} is empty; give a recipe file or one of {shipped_recipes()}")
     path = Path(source).expanduser()
     if path.is_dir():
-        raise SlimConfigError(f"slim={str(source)!r} is a directory, not a recipe file. Shipped recipes: {shipped_recipes()}.")
+        raise SlimConfigError(
+            f"slim={str(source)!r} is a directory, not a recipe file. Shipped recipes: {shipped_recipes()}."
+        )
     if path.is_file():
         return path
     if path.is_absolute() or len(path.parts) > 1:  # a path with a directory part means that file, nothing else

@@ -265,8 +265,9 @@ def _layers(r: _Run) -> list[str]:
     how = ""
     if cfg:
         doc = " ".join((IMPORTANCES[cfg.importance].__doc__ or "").split()).rstrip(".")  # one line, however wrapped
+        doc = doc if doc[1:2].isupper() else doc[:1].lower() + doc[1:]  # mid-sentence, acronyms (LAMP) kept
         how = (
-            f"Channels were ranked by importance `{cfg.importance}`: {doc if doc[1:2].isupper() else doc[:1].lower() + doc[1:]}. The ranking spans "
+            f"Channels were ranked by importance `{cfg.importance}`: {doc}. The ranking spans "
             "all layers at once, so a layer loses channels when its scores are low against the rest of the network; "
             f"every layer keeps at least min_channels={cfg.min_channels} and a multiple of round_to={cfg.round_to}."
         )
@@ -287,8 +288,17 @@ def _mark_steps(ax: Any, r: _Run, labels: dict[int, str] | None = None) -> None:
         ax.axvline(epoch + 0.5, color="tab:red", ls="--", lw=0.9)
         if labels is not None:
             text = "+".join(str(h["step"]) for h in steps) + labels.get(epoch, "")
-            ax.text(epoch + 0.5, 0.98, text, transform=ax.get_xaxis_transform(), color="tab:red", ha="center",
-                    va="top", fontsize=7, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+            ax.text(
+                epoch + 0.5,
+                0.98,
+                text,
+                transform=ax.get_xaxis_transform(),
+                color="tab:red",
+                ha="center",
+                va="top",
+                fontsize=7,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            )
 
 
 def _shade_sparsity(ax: Any, r: _Run, label: bool = False) -> None:
@@ -331,8 +341,10 @@ def _plot_curves(run: Path, r: _Run, start: dict[str, Any]) -> Path | None:
         ax.margins(y=0.15)
     if "sparsity" in r.windows:
         axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Across the run: red dashed lines are the pruning steps, each between the last validation before it "
-                 "and the first after it")
+    fig.suptitle(
+        "Across the run: red dashed lines are the pruning steps, each between the last validation before it "
+        "and the first after it"
+    )
     fig.savefig(run / "report_curves.png", dpi=130)
     return run / "report_curves.png"
 
@@ -362,8 +374,16 @@ def _plot_gamma(run: Path, r: _Run) -> Path | None:
     fig.colorbar(mesh, ax=ax, label="share of BatchNorm channels in the bin", format="{x:.1%}")
     outline = [patheffects.withStroke(linewidth=2.5, foreground="black")]
     for q, style in ((0.5, "-"), (0.1, "--"), (0.01, ":")):
-        ax.plot(epochs, _quantile(h, q), color="white", ls=style, lw=1.2, drawstyle="steps-mid", path_effects=outline,
-                label=f"{q:.0%} quantile")
+        ax.plot(
+            epochs,
+            _quantile(h, q),
+            color="white",
+            ls=style,
+            lw=1.2,
+            drawstyle="steps-mid",
+            path_effects=outline,
+            label=f"{q:.0%} quantile",
+        )
     ax.axhline(np.log10(NEAR_ZERO), color="tab:red", ls="--", lw=1, label=f"|gamma| = {NEAR_ZERO:g}")
     _shade_sparsity(ax, r)
     _mark_steps(ax, r)
@@ -384,8 +404,16 @@ def _plot_gamma(run: Path, r: _Run) -> Path | None:
         ok = r.enough(below)
         verdict = f"end of the sparsity window: {below:.0%} near zero,\n{r.removed:.0%} needed: "
         verdict += "enough" if ok else "NOT enough"
-        ax2.annotate(verdict, (epoch, below), xytext=(0.97, 0.6), textcoords="axes fraction", ha="right", fontsize=8,
-                     color="tab:green" if ok else "tab:red", arrowprops={"arrowstyle": "->", "color": "gray"})
+        ax2.annotate(
+            verdict,
+            (epoch, below),
+            xytext=(0.97, 0.6),
+            textcoords="axes fraction",
+            ha="right",
+            fontsize=8,
+            color="tab:green" if ok else "tab:red",
+            arrowprops={"arrowstyle": "->", "color": "gray"},
+        )
     ax2.set(xlabel="epoch", ylabel="share of BatchNorm channels", ylim=(0, 1))
     ax2.set_title("Near-zero channels against what pruning removed")
     ax2.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -472,7 +500,9 @@ def build_report(
 
     s, e = rows
     r = _Run(run, state, start, final, ckpt.get("train_args") or {})
-    ratio = {k: (s[k] / e[k] if e[k] else float("nan")) for k in ("params", "GFLOPs", "size_MB", "latency_ms") if k in s}
+    ratio = {
+        k: (s[k] / e[k] if e[k] else float("nan")) for k in ("params", "GFLOPs", "size_MB", "latency_ms") if k in s
+    }
     table = ["| " + " | ".join(s) + " |", "|---" * len(s) + "|"]
     for row in rows:
         table.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")

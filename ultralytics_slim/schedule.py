@@ -64,7 +64,9 @@ def build_schedule(recipe: Recipe, epochs: int) -> Schedule:
         if not cfg.runs_to_end:
             where += f", {name}.end={cfg.end!r} (epoch {end})"
         if start >= end:
-            problems.append(f"'{where}': start must come before end" + (f"={epochs} (epochs)" if cfg.runs_to_end else ""))
+            problems.append(
+                f"'{where}': start must come before end" + (f"={epochs} (epochs)" if cfg.runs_to_end else "")
+            )
         elif end > epochs:
             problems.append(f"'{where}': the phase ends after the run's last epoch (epochs={epochs})")
         windows[name] = Window(start, end)

@@ -85,7 +85,10 @@ class SlimTrainerMixin:
         """Keep a pruned model's architecture; the stock path would rebuild it from the yaml and drop its weights."""
         if weights is None or not markers.is_pruned(weights):
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)
-        nc, head_nc = self.data["nc"], weights.model[-1].nc  # the head's own count: what its output layers were built for
+        nc, head_nc = (
+            self.data["nc"],
+            weights.model[-1].nc,
+        )  # the head's own count: what its output layers were built for
         if head_nc != nc:
             self._discard_new_run()  # `Model.train` calls get_model before `train()`, outside `_setup_train`
             raise SlimConfigError(

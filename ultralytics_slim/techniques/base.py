@@ -79,5 +79,7 @@ def technique_class(phase: Phase) -> type[Technique]:
             f'Install it with: pip install "ultralytics-slim{extra}"'
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, Technique)) or getattr(cls, "config", None) is not phase.config:
-        raise TypeError(f"phase '{phase.key}': {phase.technique} must be a Technique with config = {phase.config.__name__}")
+        raise TypeError(
+            f"phase '{phase.key}': {phase.technique} must be a Technique with config = {phase.config.__name__}"
+        )
     return cls

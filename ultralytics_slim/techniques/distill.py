@@ -108,7 +108,9 @@ def _feature_bns(model: nn.Module) -> list[str]:
         layer = model.model[j]
         conv = layer.cv2 if hasattr(layer, "cv2") and hasattr(layer.cv2, "bn") else layer
         if not hasattr(conv, "bn"):
-            raise SlimConfigError(f"distill.loss=feature: cannot map the channels of model.{j} ({type(layer).__name__})")
+            raise SlimConfigError(
+                f"distill.loss=feature: cannot map the channels of model.{j} ({type(layer).__name__})"
+            )
         names.append(f"model.{j}.{'cv2.' if conv is not layer else ''}bn")
     return names
 
@@ -127,7 +129,10 @@ class DistillCriterion:
         loss, items = self.criterion(preds, batch)
         extra = self.technique.loss(preds, batch)
         self.technique.record(float(loss.detach().sum()), float(extra.detach()) * batch["img"].shape[0])
-        return torch.cat([loss.reshape(-1), extra.reshape(1) * batch["img"].shape[0]]), {**items, "distill": extra.detach()}
+        return torch.cat([loss.reshape(-1), extra.reshape(1) * batch["img"].shape[0]]), {
+            **items,
+            "distill": extra.detach(),
+        }
 
     def __getattr__(self, name: str) -> Any:
         if name in {"criterion", "technique"}:  # not yet set (copy/unpickle): avoid recursion
@@ -162,7 +167,9 @@ class DistillTechnique(Technique):
         try:
             load_checkpoint(cfg.teacher)
         except Exception as e:
-            raise SlimConfigError(f"distill.teacher={cfg.teacher!r} is not a readable Ultralytics checkpoint: {e}") from None
+            raise SlimConfigError(
+                f"distill.teacher={cfg.teacher!r} is not a readable Ultralytics checkpoint: {e}"
+            ) from None
 
     def check(self, trainer: Any) -> None:
         """A teacher checkpoint must match the student's head, classes and input channels; then it is adopted.
@@ -216,8 +223,12 @@ class DistillTechnique(Technique):
         if self.cfg.teacher == "self" and self.teacher is None:
             snapshot = deepcopy(trainer.ema.ema)
             if RANK in {-1, 0}:
-                torch.save({"model": deepcopy(snapshot).half(), "train_args": vars(trainer.args)}, self._teacher_file(trainer))
-                LOGGER.info(f"{PREFIX}teacher = the model the run starts from (epoch {trainer.epoch + 1}), kept in {self._teacher_file(trainer)}")
+                torch.save(
+                    {"model": deepcopy(snapshot).half(), "train_args": vars(trainer.args)}, self._teacher_file(trainer)
+                )
+                LOGGER.info(
+                    f"{PREFIX}teacher = the model the run starts from (epoch {trainer.epoch + 1}), kept in {self._teacher_file(trainer)}"
+                )
             self._adopt(snapshot, trainer)
         return False
 
