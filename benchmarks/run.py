@@ -631,6 +631,13 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def stored(cfg: Config, jobs: dict[str, Job]) -> dict[str, dict]:
+    """The records of the jobs that have finished, by job id."""
+    return {
+        j: json.loads(record_path(cfg, job).read_text()) for j, job in jobs.items() if record_path(cfg, job).exists()
+    }
+
+
 def execute(cfg: Config, data: str, jobs: dict[str, Job], specs: dict[str, Row]) -> tuple[dict[str, dict], list[str]]:
     """Run the jobs without a stored record, `cfg.workers` at a time, each in a fresh process, longest chains first.
 
@@ -639,9 +646,7 @@ def execute(cfg: Config, data: str, jobs: dict[str, Job], specs: dict[str, Row])
     """
     from ultralytics.utils import LOGGER
 
-    records = {
-        j: json.loads(record_path(cfg, job).read_text()) for j, job in jobs.items() if record_path(cfg, job).exists()
-    }
+    records = stored(cfg, jobs)
     if records:
         LOGGER.info(f"Benchmark: {len(records)}/{len(jobs)} jobs already done: {', '.join(records)}")
     todo, failed = [j for j in jobs if j not in records], []
@@ -1025,6 +1030,16 @@ def machine() -> str:
     )
 
 
+def command() -> str:
+    """This invocation as anyone reruns it: the cache and output folders (paths of this machine) left out."""
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if not skip and a.split("=")[0] not in {"--work", "--out"}:
+            args.append(a)
+        skip = a in {"--work", "--out"}
+    return " ".join(["python benchmarks/run.py", *args])
+
+
 def write_report(cfg: Config, specs: dict[str, Row], records: dict[str, dict], lat: dict[str, dict], failed: list[str],
                  out: Path, wall: float) -> None:  # fmt: skip
     """RESULTS.md (tables, convergence, noise, legend, setup), curves.png and pareto.png in `out`."""
@@ -1046,7 +1061,7 @@ def write_report(cfg: Config, specs: dict[str, Row], records: dict[str, dict], l
         "![val mAP50-95 per epoch](curves.png)\n\n![accuracy vs latency and size](pareto.png)\n",
         LEGEND.format(runs=cfg.runs, warmup=WARMUP, deploy=DEPLOY),
         "## Setup\n",
-        f"- Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
+        f"- Command: `{command()}`",
         (
             f"- Date: {datetime.now().astimezone().isoformat(timespec='seconds')}; wall time of this invocation "
             f"{wall / 60:.1f} min; training time of all rows {trained / 60:.0f} min ({cfg.workers} side by side)"
@@ -1059,7 +1074,7 @@ def write_report(cfg: Config, specs: dict[str, Row], records: dict[str, dict], l
         machine(),
     ]
     if failed:
-        text.insert(1, f"**Incomplete: {', '.join(failed)} failed or could not run (see the logs in .work/logs).**\n")
+        text.insert(1, f"**Incomplete: no record of {', '.join(failed)} (failed or not run; see .work/logs).**\n")
     (out / "RESULTS.md").write_text("\n".join(text) + "\n")
     curves(specs, rows, out / "curves.png")
     if lat:
@@ -1105,6 +1120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, help="timed latency runs per model, runtime and size")
     p.add_argument("--workers", type=int, default=2, help="trainings side by side (default 2)")
     p.add_argument("--work", help="cache folder (default benchmarks/.work)")
+    p.add_argument("--no-train", action="store_true", help="report from the stored records only (missing rows listed)")
     p.add_argument("--out", help="where RESULTS.md and the plots go (default: benchmarks/ for the full matrix as "
                                  "preset, else <work>/reports/<mode>)")  # fmt: skip
     args = p.parse_args(argv)
@@ -1121,7 +1137,11 @@ def main(argv: list[str] | None = None) -> None:
     specs = row_specs(cfg)
     jobs = plan(cfg, specs)
     LOGGER.info(f"Benchmark ({cfg.mode}): {len(jobs)} jobs: {', '.join(jobs)}")
-    records, failed = execute(cfg, data, jobs, specs)
+    if args.no_train:
+        records = stored(cfg, jobs)
+        failed = [j for j in jobs if j not in records]
+    else:
+        records, failed = execute(cfg, data, jobs, specs)
     rows = by_row(specs, records)
     if args.baseline_only:
         print(convergence(rows))

@@ -136,3 +136,8 @@ def test_benchmark_runs_reuses_rows_and_reports_spread(tmp_path: Path) -> None:
     stamps = [p.stat().st_mtime_ns for p in records]
     bench.main(args)  # everything is stored: nothing is trained again
     assert [p.stat().st_mtime_ns for p in records] == stamps
+    assert str(tmp_path) not in (tmp_path / "out" / "RESULTS.md").read_text()  # no path of this machine
+    with pytest.raises(SystemExit, match=r"baseline\+F@2"):  # a third seed is asked for, but only reported
+        bench.main([*args, "--seeds", "3", "--no-train"])
+    assert sorted((tmp_path / "work" / "records").glob("*.json")) == records
+    assert "**Incomplete: no record of baseline+F@2" in (tmp_path / "out" / "RESULTS.md").read_text()
