@@ -96,6 +96,7 @@ class PruneTechnique(Technique):
         self.history: list[dict[str, Any]] = []  # one entry per step, for the console, TensorBoard and the report
         self.start_channels: dict[str, int] = {}
         self.kept: dict[str, list[int]] = {}  # BN name -> its channels' indices in the model before the first step
+        self.lr_scaled = False  # lr_scale applied to the optimizer (its param groups keep it in checkpoints)
 
     def _kwargs(self) -> dict[str, Any]:
         c = self.cfg
@@ -149,8 +150,8 @@ class PruneTechnique(Technique):
         LR rewinding (Renda et al., 2020): a pruned network retrained at the rate it was trained with recovers more
         than one fine-tuned at a small rate. Ultralytics' `optimizer=auto` fine-tunes short runs with AdamW at
         0.002 * 5 / (4 + nc) (6.25e-4 for 12 classes), ignoring lr0 (0.01); on the benchmark 2e-3 recovered 1.5 points
-        more mAP50-95 at 50% MACs, while the unpruned model ended where it did at the auto rate (README). The cap
-        leaves SGD's and MuSGD's training rate (what `optimizer=auto` picks for long runs) as it is.
+        more mAP50-95 at 50% MACs, while the unpruned model lost by it (README, Results). The cap leaves SGD's and
+        MuSGD's training rate (what `optimizer=auto` picks for long runs) as it is.
         """
         k = self.cfg.lr_scale
         factors = []
@@ -160,6 +161,7 @@ class PruneTechnique(Technique):
             g["lr"] *= f
             factors.append(f)
         self._sync_scheduler(trainer)
+        self.lr_scaled = True
         if RANK in {-1, 0}:
             LOGGER.info(
                 f"{PREFIX}learning rates x{max(factors):.3g} from epoch {trainer.epoch + 1} on (lr_scale={k:g}, "
@@ -189,7 +191,7 @@ class PruneTechnique(Technique):
         due = [i for i, e in enumerate(self.events) if e <= trainer.epoch and i >= self.done]
         if not due:
             return False
-        if self.cfg.lr_scale != 1 and self.done == 0:  # with the first step; resumed groups keep the scaled rates
+        if self.cfg.lr_scale != 1 and not self.lr_scaled:
             self._scale_lr(trainer)
         model = unwrap_model(trainer.model)
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
@@ -261,6 +263,7 @@ class PruneTechnique(Technique):
             "history": self.history,
             "start_channels": self.start_channels,
             "kept": self.kept,
+            "lr_scaled": self.lr_scaled,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -269,3 +272,4 @@ class PruneTechnique(Technique):
         self.history = list(state.get("history", []))
         self.start_channels = dict(state.get("start_channels", {}))
         self.kept = dict(state.get("kept", {}))
+        self.lr_scaled = bool(state.get("lr_scaled", False))
