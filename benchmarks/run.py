@@ -567,6 +567,7 @@ def plan(cfg: Config, specs: dict[str, Row]) -> dict[str, Job]:
     unknown = wanted - set(specs)
     if unknown:
         raise SystemExit(f"unknown rows {sorted(unknown)}; choose from {', '.join(specs)}")
+    wanted.add("baseline")  # the report's ratios are against it
     for name in reversed(list(specs)):  # specs are in dependency order: one reverse pass collects what is read
         if name in wanted:
             wanted |= {d.row for d in specs[name].deps}

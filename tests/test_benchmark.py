@@ -117,6 +117,8 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     assert again["baseline@0"].key == jobs["baseline@0"].key  # the baseline does not depend on F
     assert again["slim-50@0"].key != jobs["slim-50@0"].key
     assert jobs["baseline@0"].source is None and jobs["slim-50@0"].source == bench.package_hash()
+    teacher = _cfg(tmp_path, rows=("teacher-v8s",), seeds=3)
+    assert set(bench.plan(teacher, bench.row_specs(teacher))) == {"baseline@0", "teacher-v8s@0"}  # ratios need it
 
 
 def test_benchmark_runs_reuses_rows_and_reports_spread(tmp_path: Path) -> None:
