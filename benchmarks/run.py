@@ -5,7 +5,7 @@
     python benchmarks/run.py --quick           # a slice on a smaller set (~10 min on 2 idle cores)
     python benchmarks/run.py --smoke           # the plumbing on a few images (~2 min)
     python benchmarks/run.py --rows slim-50,scratch-50 --seeds 3
-    python benchmarks/run.py --no-train         # RESULTS.md from the rows recorded so far, the missing ones listed
+    python benchmarks/run.py --no-train        # RESULTS.md from the rows recorded so far, the missing ones listed
 
 Every variant starts from a YOLOv8n baseline trained here from scratch for E epochs (cached under a key of the data,
 model and settings; converged when F more epochs add less than 0.5 point) and trains F more epochs; the reference for
