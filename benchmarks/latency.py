@@ -3,8 +3,11 @@
     python benchmarks/latency.py                          # YOLOv8n at 640 px, 100 runs, 2 threads, both runtimes
     python benchmarks/latency.py --model yolo11n.yaml --latency 0.6 --runtimes openvino
     python benchmarks/latency.py --runs 3 --imgsz 160     # the plumbing only (~3-5 min, mostly pruning)
+    python benchmarks/latency.py --model .work/runs/baseline@0-<id>/train/weights/best.pt --no-target --profile \
+        --compare .work/runs/slim-50@0-<id>/train/weights/best.pt   # trained checkpoints: where the time goes
 
-Latency does not depend on trained weights, so the models are untrained, built from `--model` (seeded).
+Latency does not depend on trained weights, so the models are untrained, built from `--model` (seeded), unless
+`--model` is a checkpoint; `--compare` adds checkpoints pruned from it (e.g. the benchmark's rows) to every table.
 1. round_to study: the start model pruned one-shot to `--macs` of its MACs with each of `--round-to` (`prune_to`,
    importance `--importance`, seed 0).
 2. latency target: for each runtime, what `prune: {target: {latency: r, runtime: ...}, steps: n}` does without the
@@ -13,16 +16,22 @@ Latency does not depend on trained weights, so the models are untrained, built f
    `prune_to` to the MACs target it returns. Every measurement of the search is recorded.
 Then every model (start, round_to rows, latency-target results) is exported to ONNX at `--imgsz` and timed batch 1 in
 each runtime with `latency.runner`, all models of a runtime interleaved in one `interleaved_ms` call, so the measured
-ratio of a latency-target model is against the start model timed in the same rounds. The markdown tables go to stdout
-and `--out/latency.md`, the raw times to `--out/latency.json`.
+ratio of a latency-target model is against the start model timed in the same rounds. Beside the MACs ratio, each row
+has the MACs its convolutions cost with channels padded to the runtimes' block (16 channels on AVX-512 CPUs, 8 on
+AVX2: both runtimes compute convolutions in such blocks), and `--profile` adds the time per op type (onnxruntime's
+profiler, OpenVINO's performance counters): what does not shrink with channels. The markdown tables go to stdout and
+`--out/latency.md`, the raw times to `--out/latency.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import math
 import os
 import statistics
+import subprocess
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -41,12 +50,45 @@ TOLERANCE = 0.10  # the issue's criterion: within 10% of the target ratio
 
 
 def build(cfg: str, seed: int = 0) -> nn.Module:
-    """An untrained detection model from a yaml (12 classes), the same weights for the same seed."""
+    """The model of a checkpoint, or an untrained detection model from a yaml (12 classes, seeded weights)."""
     import torch
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
+    if cfg.endswith(".pt"):
+        return load_checkpoint(cfg, device="cpu")[0].float().eval()
     torch.manual_seed(seed)
     return DetectionModel(cfg, nc=12, verbose=False).eval()
+
+
+def block() -> int:
+    """Channels per block of the runtimes' CPU convolution kernels: 16 with AVX-512, else 8 (AVX2)."""
+    flags = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
+    return 16 if "avx512f" in flags.split() else 8
+
+
+def blocked_macs(model: nn.Module, imgsz: int, size: int) -> float:
+    """Convolution MACs with input and output channels rounded up to `size`: what a blocked (NCHWc) kernel computes,
+    so pruning a 64-channel layer to 56 saves MACs but no kernel time where blocks are 16 wide."""
+    import torch
+
+    total = 0.0
+
+    def up(c: int) -> int:
+        return math.ceil(c / size) * size
+
+    def hook(m: nn.Conv2d, i: tuple, o: torch.Tensor) -> None:
+        nonlocal total
+        cin = 1 if m.groups == m.in_channels else up(m.in_channels // m.groups)
+        total += o.shape[2] * o.shape[3] * math.prod(m.kernel_size) * cin * up(m.out_channels)
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, imgsz, imgsz))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
 
 
 def round_to_study(start: nn.Module, args: argparse.Namespace) -> dict[str, nn.Module]:
@@ -93,8 +135,9 @@ def latency_target(start: nn.Module, runtime: str, args: argparse.Namespace) -> 
 
 def time_models(
     models: dict[str, nn.Module], folder: Path, args: argparse.Namespace
-) -> dict[str, dict[str, list[float]]]:
-    """Batch-1 times (ms) of every model in every runtime; all models of a runtime interleaved in one call."""
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, Path]]:
+    """Batch-1 times (ms) of every model in every runtime, all models of a runtime interleaved in one call; the ONNX
+    files timed."""
     from ultralytics_slim.benchmark import interleaved_ms
     from ultralytics_slim.latency import export_onnx, runner
 
@@ -105,7 +148,69 @@ def time_models(
         fns = [runner(f, rt, args.imgsz, args.threads) for f in files.values()]
         for name, t in zip(files, interleaved_ms(fns, args.runs, WARMUP)):
             times[name][rt] = t
-    return times
+    return times, files
+
+
+def op_times(onnx: Path, runtime: str, args: argparse.Namespace) -> dict[str, float]:
+    """Mean ms per run spent in each op type over `--runs` runs after the warm-up: onnxruntime's profiler, or OpenVINO's
+    performance counters (which name a fused node by its main op: Convolution includes its SiLU)."""
+    import numpy as np
+
+    from ultralytics_slim.latency import ov_compile
+
+    x = np.random.default_rng(0).random((1, 3, args.imgsz, args.imgsz), dtype=np.float32)
+    times: collections.Counter[str] = collections.Counter()
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as latency.runner times it
+        opts.enable_profiling, opts.profile_file_prefix = True, str(onnx.with_suffix(""))
+        session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
+        for _ in range(WARMUP + args.runs):
+            session.run(None, {session.get_inputs()[0].name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= runs[WARMUP]:
+                times[e["args"]["op_name"]] += e["dur"] / 1e3
+    else:
+        import openvino as ov
+
+        timed = ov_compile(onnx, args.threads)  # the settings of the timing, with the counters on
+        keys = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT")
+
+        compiled = ov.Core().compile_model(
+            str(onnx), "CPU", {k: timed.get_property(k) for k in keys} | {"PERF_COUNT": True}
+        )
+        request = compiled.create_infer_request()
+        for i in range(WARMUP + args.runs):
+            request.infer({0: x})
+            if i >= WARMUP:
+                for p in request.get_profiling_info():
+                    times[p.node_type] += p.real_time.total_seconds() * 1e3
+    return {op: t / args.runs for op, t in times.most_common()}
+
+
+def profile_rows(profiles: dict[str, dict[str, dict[str, float]]], runtime: str, least: float = 0.1) -> str:
+    """Per op type (at least `least` ms in some model): ms of the start model, then of each model with start / model."""
+    start, *others = profiles
+    ops = {op for p in profiles.values() for op, t in p[runtime].items() if t >= least}
+    ops = sorted(ops, key=lambda op: -profiles[start][runtime].get(op, 0.0))
+    lines = [f"| op | {start} ms | " + " | ".join(f"{n} ms (speed-up)" for n in others) + " |",
+             "|" + "---|" * (len(profiles) + 1)]  # fmt: skip
+    for op in [*ops, "all"]:
+        ms = {n: sum(p[runtime].values()) if op == "all" else p[runtime].get(op, 0.0) for n, p in profiles.items()}
+        cells = [f"{ms[n]:.2f} ({ms[start] / ms[n]:.2f}x)" if ms[n] else "-" for n in others]
+        lines.append(f"| {op} | {ms[start]:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def checkpoint_name(pt: str) -> str:
+    """A checkpoint's row name: its run folder for `<run>/train/weights/best.pt` (the benchmark's layout), else the file."""
+    path = Path(pt)
+    return path.parents[2].name if path.parent.name == "weights" and len(path.parents) > 2 else path.name
 
 
 def ms_cell(xs: list[float]) -> str:
@@ -115,13 +220,14 @@ def ms_cell(xs: list[float]) -> str:
 
 
 def speed_rows(rows: dict[str, dict[str, Any]], runtimes: list[str]) -> str:
-    """Every model against the start model: MACs, params, ms, speed-up and speed-up per MACs reduction per runtime."""
-    head = ["model", "MACs ratio", "params"]
+    """Every model against the start model: MACs (as counted, and in kernel blocks), params, ms, speed-up and speed-up per
+    MACs reduction per runtime."""
+    head = ["model", "MACs ratio", "blocked MACs ratio", "params"]
     for rt in runtimes:
         head += [f"{SHORT[rt]} ms", f"{SHORT[rt]} speed-up", f"{SHORT[rt]} speed-up / MACs reduction"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, row in rows.items():
-        cells = [name, f"{row['macs']:.3f}", f"{row['params'] / 1e6:.3f}M"]
+        cells = [name, f"{row['macs']:.3f}", f"{row['blocked']:.3f}", f"{row['params'] / 1e6:.3f}M"]
         for rt in runtimes:
             cells += [ms_cell(row["times"][rt]), f"{row['speedup'][rt]:.2f}x", f"{row['per_macs'][rt]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -147,7 +253,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ultralytics_slim.recipe import PruneConfig
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="yolov8n.yaml", help="model yaml (default yolov8n.yaml)")
+    p.add_argument("--model", default="yolov8n.yaml", help="model yaml or checkpoint (default yolov8n.yaml)")
+    p.add_argument("--compare", default="", help="comma-separated checkpoints pruned from --model, timed beside it")
+    p.add_argument("--no-target", action="store_true", help="skip the latency-target check")
+    p.add_argument("--profile", action="store_true", help="add the time per op type of every model and runtime")
+    p.add_argument(
+        "--block", type=int, default=block(), help="channels per kernel block (default: 16 on AVX-512, else 8)"
+    )
     p.add_argument("--imgsz", type=int, default=640, help="deployment image size (default 640)")
     p.add_argument("--runs", type=int, default=100, help="timed interleaved runs per model and runtime (default 100)")
     p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
@@ -181,14 +293,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models = {"start": start}
     LOGGER.info(f"Latency benchmark: pruning {args.model} to {args.macs} of its MACs with round_to {args.round_to} ...")
     models |= round_to_study(start, args)
+    models |= {checkpoint_name(pt): build(pt) for pt in filter(None, args.compare.split(","))}
     targets = {}
-    for rt in args.runtimes:
+    for rt in [] if args.no_target else args.runtimes:
         LOGGER.info(f"Latency benchmark: searching latency {args.latency} in {rt} at {args.imgsz} px ...")
         models[f"latency {args.latency} @ {rt}"], targets[rt] = latency_target(start, rt, args)
     LOGGER.info(f"Latency benchmark: timing {len(models)} models, {args.runs} interleaved runs per runtime ...")
-    times = time_models(models, out / "onnx", args)
+    times, files = time_models(models, out / "onnx", args)
+    profiles = (
+        {n: {rt: op_times(f, rt, args) for rt in args.runtimes} for n, f in files.items()} if args.profile else {}
+    )
 
     macs0, widths0 = count_macs_params(start)[0], channel_counts(start)
+    blocked0 = blocked_macs(start, args.imgsz, args.block)
     rows: dict[str, dict[str, Any]] = {}
     for name, m in models.items():
         macs, params = count_macs_params(m)
@@ -198,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         rows[name] = {
             "macs": ratio,
+            "blocked": blocked_macs(m, args.imgsz, args.block) / blocked0,
             "params": params,
             "times": times[name],
             "speedup": speedup,
@@ -220,11 +338,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"- Load average at the start: {', '.join(f'{x:.1f}' for x in load_start)}; wall time {wall / 60:.1f} min\n"
         f"{info}\n\n"
         f"## Speed-up against the start model (target: speed-up / MACs reduction >= 0.85)\n\n"
-        f"{speed_rows(rows, args.runtimes)}\n\n"
-        f"## Latency target {args.latency} ({args.steps} step(s), round_to {args.target_round_to}; "
-        f"target: re-measured ratio within {TOLERANCE:.0%} of {args.latency})\n\n"
-        f"{target_rows(targets, args.latency)}\n"
+        f"Blocked MACs: every convolution's channels rounded up to {args.block} (the kernels' block on this CPU).\n\n"
+        f"{speed_rows(rows, args.runtimes)}\n"
     )
+    if targets:
+        text += (
+            f"\n## Latency target {args.latency} ({args.steps} step(s), round_to {args.target_round_to}; "
+            f"target: re-measured ratio within {TOLERANCE:.0%} of {args.latency})\n\n"
+            f"{target_rows(targets, args.latency)}\n"
+        )
+    for rt in args.runtimes if profiles else []:
+        text += f"\n## Where the time goes in {rt} (ms per run by op type, mean of {args.runs} runs)\n\n"
+        text += profile_rows(profiles, rt) + "\n"
     record = {
         "settings": settings,
         "warmup": WARMUP,
@@ -234,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": wall,
         "models": rows,
         "targets": targets,
+        "profiles": profiles,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.md").write_text(text)

@@ -413,6 +413,19 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                     slim=slim,
                 )
             )
+    r16 = recipe("prune.yaml", 0.5, prune={"round_to": 16})
+    slim_rows.append(  # x86 runtimes compute convolutions in blocks of 16 channels on AVX-512 CPUs (8 on AVX2)
+        Row(
+            "slim-50-r16",
+            f"prune.yaml, 50% MACs, round_to 16 ({phases(r16, F)})",
+            measured(continued("baseline", r16)),
+            claim=True,
+            epochs=F,
+            cost=F,
+            group="others",
+            slim=r16,
+        )
+    )
     v8s = Dep("teacher-v8s")
     to_v8n = macs_ratio("yolov8n.yaml", "yolov8s.yaml", cfg.data.imgsz)
     v8s_slim = recipe("prune.yaml", to_v8n)

@@ -8,6 +8,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import json
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,11 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     assert jobs["baseline@0"].source is None and jobs["slim-50@0"].source == bench.package_hash()
     teacher = _cfg(tmp_path, rows=("teacher-v8s",), seeds=3)
     assert set(bench.plan(teacher, bench.row_specs(teacher))) == {"baseline@0", "teacher-v8s@0"}  # ratios need it
+    grid = _cfg(tmp_path, rows=("slim-50-r16",), seeds=3)  # slim-50 but for the channel grid, with every seed
+    specs = bench.row_specs(grid)
+    r16, r8 = deepcopy(specs["slim-50-r16"].slim), deepcopy(specs["slim-50"].slim)
+    assert r16["prune"].pop("round_to") == 16 and r8["prune"].pop("round_to") == 8 and r16 == r8
+    assert set(bench.plan(grid, specs)) == {"baseline@0", "slim-50-r16@0", "slim-50-r16@1", "slim-50-r16@2"}
 
 
 def test_benchmark_runs_reuses_rows_and_reports_spread(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""benchmarks/latency.py end to end at a tiny size: every row timed in both runtimes, round_to and MACs honoured."""
+"""benchmarks/latency.py end to end at a tiny size: every row timed and profiled in both runtimes, round_to and MACs
+honoured."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import latency as bench
 
 import ultralytics_slim.techniques.prune as prune_technique
+from ultralytics_slim.pruning import count_macs_params, prune_to
 
 pytest.importorskip("openvino")
 
@@ -25,14 +28,30 @@ def test_latency_benchmark_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # one timed candidate per search: the test checks the plumbing, not where the search lands
     monkeypatch.setattr(prune_technique, "SEARCH_STEPS", 1)
     runs = 2
-    record = bench.main(["--imgsz", "64", "--runs", str(runs), "--out", str(tmp_path)])
+    pruned = bench.build("yolov8n.yaml", seed=1)  # a checkpoint to compare, as a pruned run's best.pt would be
+    prune_to(pruned, "macs", 0.6 * count_macs_params(pruned)[0])
+    torch.save({"model": pruned}, tmp_path / "other.pt")
+    argv = ["--imgsz", "64", "--runs", str(runs), "--out", str(tmp_path), "--profile", "--block", "16"]
+    record = bench.main([*argv, "--compare", str(tmp_path / "other.pt")])
     assert json.loads((tmp_path / "latency.json").read_text()) == json.loads(json.dumps(record))
-    assert "| round_to 32 |" in (tmp_path / "latency.md").read_text() and "| round_to 32 |" in capsys.readouterr().out
+    md = (tmp_path / "latency.md").read_text()
+    assert "| round_to 32 |" in md and "| round_to 32 |" in capsys.readouterr().out
+    assert "## Where the time goes in onnxruntime" in md and "## Where the time goes in openvino" in md
 
-    rows, targets = record["models"], record["targets"]
-    assert set(rows) == {"start", "round_to 8", "round_to 16", "round_to 32"} | {
-        f"latency 0.5 @ {rt}" for rt in bench.RUNTIMES
-    }
+    rows, targets, profiles = record["models"], record["targets"], record["profiles"]
+    assert (
+        set(rows)
+        == set(profiles)
+        == {"start", "round_to 8", "round_to 16", "round_to 32", "other.pt"}
+        | {f"latency 0.5 @ {rt}" for rt in bench.RUNTIMES}
+    )
+    assert rows["other.pt"]["macs"] == pytest.approx(0.6, rel=0.02)
+    # blocked MACs: a cut that leaves widths off the 16-channel grid saves less in the kernels than it counts
+    assert rows["round_to 16"]["blocked"] < rows["round_to 8"]["blocked"] and rows["start"]["blocked"] == 1
+    assert all(rows[f"round_to {r}"]["blocked"] >= rows[f"round_to {r}"]["macs"] * 0.98 for r in (8, 16, 32))
+    for name, by_runtime in profiles.items():  # every model's time, by op type, in both runtimes; convs are in it
+        assert by_runtime["onnxruntime"]["Conv"] > 0 and by_runtime["openvino"]["Convolution"] > 0, name
+        assert all(t >= 0 for p in by_runtime.values() for t in p.values()), name
     for name, row in rows.items():
         assert set(row["times"]) == set(bench.RUNTIMES), name
         assert all(len(t) == runs and min(t) > 0 for t in row["times"].values()), name
