@@ -31,7 +31,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import numpy as np
-from run import WARMUP, machine
+from run import WARMUP, cpu_flags, machine
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -62,32 +61,23 @@ def build(cfg: str, seed: int = 0) -> nn.Module:
 
 def block() -> int:
     """Channels per block of the runtimes' CPU convolution kernels: 16 with AVX-512, else 8 (AVX2)."""
-    flags = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    return 16 if "avx512f" in flags.split() else 8
+    return 16 if "avx512f" in cpu_flags() else 8
 
 
 def blocked_macs(model: nn.Module, imgsz: int, size: int) -> float:
-    """Convolution MACs with input and output channels rounded up to `size`: what a blocked (NCHWc) kernel computes,
-    so pruning a 64-channel layer to 56 saves MACs but no kernel time where blocks are 16 wide."""
-    import torch
+    """Convolution MACs with channels rounded up to `size`: what a blocked (NCHWc) kernel computes, so pruning a
+    64-channel layer to 56 saves MACs but no kernel time where blocks are 16 wide. The package's MACs count with
+    every conv's widths on that grid."""
+    from ultralytics_slim.pruning import _Layer, _layer_areas, _pristine
 
+    with _pristine(model):
+        areas = _layer_areas(model, imgsz)
     total = 0.0
-
-    def up(c: int) -> int:
-        return math.ceil(c / size) * size
-
-    def hook(m: nn.Conv2d, i: tuple, o: torch.Tensor) -> None:
-        nonlocal total
-        cin = 1 if m.groups == m.in_channels else up(m.in_channels // m.groups)
-        total += o.shape[2] * o.shape[3] * math.prod(m.kernel_size) * cin * up(m.out_channels)
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, imgsz, imgsz))
-    finally:
-        for h in hooks:
-            h.remove()
+    for m, area in areas.items():
+        if isinstance(m, nn.Conv2d):
+            layer = _Layer.of(m, area)
+            layer.cin, layer.cout = (math.ceil(c / size) * size for c in (layer.cin, layer.cout))
+            total += layer.macs()
     return total
 
 

@@ -1018,15 +1018,24 @@ def pareto(rows: dict[str, list[dict]], lat: dict[str, dict], path: Path) -> Non
     fig.savefig(path, dpi=120)
 
 
+def lscpu() -> dict[str, str]:
+    """`lscpu`'s fields (empty where it is missing)."""
+    out = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags."""
+    return set(lscpu().get("Flags", "").split())
+
+
 def machine() -> str:
     """CPU model, the ISA flags that matter for int8/f32 kernels, cores and installed package versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     from ultralytics.utils import NUM_THREADS
 
-    lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(info.get("Flags", "").split())
+    info, flags = lscpu(), cpu_flags()
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
     missing = [f for f in ("avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f not in flags]
     versions = [f"python {platform.python_version()}"]
