@@ -260,13 +260,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--latency", type=float, default=0.5, help="kept latency of the target check (default 0.5)")
     p.add_argument("--steps", type=int, default=1, help="pruning steps towards the latency target (default 1)")
     cfg = PruneConfig.model_fields
-    p.add_argument("--target-round-to", type=int, default=cfg["round_to"].default, help="round_to of the target check")
+    p.add_argument(
+        "--target-round-to", default=cfg["round_to"].default, help="round_to of the target check (default: the recipe's)"
+    )
     p.add_argument(
         "--min-channels", type=int, default=cfg["min_channels"].default, help="min_channels of every pruning"
     )
     p.add_argument("--out", type=Path, help="output folder (default benchmarks/.work/latency/<model>-<imgsz>)")
     args = p.parse_args(argv)
     args.round_to = [int(r) for r in args.round_to.split(",")]
+    grid = args.target_round_to  # resolved as a recipe would resolve it ('auto': this CPU's block for a latency target)
+    args.target_round_to = PruneConfig(target={"latency": args.latency}, round_to=int(grid) if grid.isdigit() else grid).round_to
     args.runtimes = args.runtimes.split(",")
     out = args.out or HERE / ".work" / "latency" / f"{Path(args.model).stem}-{args.imgsz}"
 

@@ -123,7 +123,7 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     grid = _cfg(tmp_path, rows=("slim-50-r16",), seeds=3)  # slim-50 but for the channel grid, with every seed
     specs = bench.row_specs(grid)
     r16, r8 = deepcopy(specs["slim-50-r16"].slim), deepcopy(specs["slim-50"].slim)
-    assert r16["prune"].pop("round_to") == 16 and r8["prune"].pop("round_to") == 8 and r16 == r8
+    assert r16["prune"].pop("round_to") == 16 and r8["prune"].pop("round_to") == "auto" and r16 == r8
     assert set(bench.plan(grid, specs)) == {"baseline@0", "slim-50-r16@0", "slim-50-r16@1", "slim-50-r16@2"}
 
 

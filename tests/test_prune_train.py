@@ -11,6 +11,7 @@ import pytest
 import torch
 from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.torch_utils import get_num_params
 
 from conftest import BLOCK_PLUGIN, Interrupt, cli, interrupt_at, pickled_modules, run_yolo, train_args
@@ -148,6 +149,24 @@ def test_lr_scale_multiplies_the_rates_from_the_first_step(tmp_path, detect_data
     YOLO("yolov8n.yaml").train(**{**args, "name": "sgd", "optimizer": "SGD", "lr0": 0.01}, slim=recipe)
     lf = (1 - 1 / 2) * (1 - 0.01) + 0.01  # Ultralytics' linear schedule at epoch 1 of 2, lrf=0.01
     assert learning_rates(tmp_path / "sgd")[1] == pytest.approx([0.01 * lf] * 3, rel=1e-4)
+
+
+def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, caplog):
+    """A step inside Ultralytics' warmup turns it off (said in the console); a warmup the user asks for is kept."""
+    args = train_args(tmp_path, data=detect_data, deterministic=True, seed=0)
+    LOGGER.addHandler(caplog.handler)  # Ultralytics' logger does not propagate to the root one
+    try:
+        YOLO("yolov8n.yaml").train(**{**args, "name": "auto"}, slim=ONE_STEP)
+    finally:
+        LOGGER.removeHandler(caplog.handler)
+    assert "warmup_epochs=0 (Ultralytics' default 3.0): the first pruning step (epoch 2)" in caplog.text
+    YOLO("yolov8n.yaml").train(**{**args, "name": "asked", "warmup_epochs": 2}, slim=ONE_STEP)
+    late = {"prune": {**ONE_STEP["prune"], "start": 1, "end": 2}}
+    YOLO("yolov8n.yaml").train(**{**args, "name": "late", "warmup_epochs": 1}, slim=late)  # its step at the warmup's end
+    kept = {n: YAML.load(tmp_path / n / "args.yaml")["warmup_epochs"] for n in ("auto", "asked", "late")}
+    assert kept == {"auto": 0, "asked": 2, "late": 1}
+    # the stock loop followed: without warmup, epoch 0 runs at the scheduled rate; with it, at a ramp from 0
+    assert learning_rates(tmp_path / "asked")[0][0] < learning_rates(tmp_path / "auto")[0][0]
 
 
 DDP_WORKER = """

@@ -39,9 +39,21 @@ def test_auto_importance_follows_the_sparsity_phase(recipe, importance):
     assert load_recipe(recipe).prune.importance == importance
 
 
+def test_auto_round_to_follows_the_runtime_grid_for_a_latency_target():
+    """'auto' is the CPU kernels' channel block (what torch dispatches to here) only where latency is the target."""
+    import torch
+
+    block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+    assert load_recipe({"prune": {"target": {"latency": 0.5, "runtime": "openvino"}}}).prune.round_to == block
+    assert load_recipe({"prune": {}}).prune.round_to == load_recipe("prune.yaml").prune.round_to == 8
+    assert load_recipe({"prune": {"target": {"latency": 0.5}, "round_to": 32}}).prune.round_to == 32  # a choice is kept
+
+
 @pytest.mark.parametrize(
     ("recipe", "expected"),
     [
+        ({"prune": {"round_to": 0}}, r"'prune\.round_to'=0: .*'auto' or a whole number >= 1"),
+        ({"prune": {"round_to": "16x"}}, r"'prune\.round_to'='16x'"),
         ({"prune": {"targt": {"macs": 0.5}}}, r"'prune\.targt' is not a valid key\. Did you mean 'target'"),
         ({"sparsty": {}}, r"'sparsty' is not a valid key\. Did you mean 'sparsity'"),
         ({"prune": {"steps": "four"}}, r"'prune\.steps'='four'"),
