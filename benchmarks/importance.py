@@ -5,7 +5,8 @@
         --data .work/datasets/hard-<id>/data.yaml        # default criteria, 50% MACs, 3 epochs, seed 0
     python benchmarks/importance.py ... --criteria bn_scale_norm,l2 --seeds 0,1
 
-For every criterion (and seed) a copy of `--model` is pruned to `--macs` of its MACs with `prune_to`, validated at once,
+For every criterion (and seed) a copy of `--model` is pruned to `--macs` of its MACs with `prune_to` (after the prune
+technique's gradient pass over 16 training batches for a gradient criterion such as `taylor`), validated at once,
 saved as a pruned checkpoint and fine-tuned by a stock `YOLO(pt).train(...)` with the same hyperparameters for every
 criterion. The criterion decides both which channels go and how the cut is shared between layers, so each record also
 keeps the layer left with the smallest fraction of its channels. Records go to `--out/<criterion>-s<seed>.json` and are
@@ -31,7 +32,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("model", "macs", "epochs", "lr0", "imgsz", "batch")  # a record is reused only if made with these
-DEFAULT_CRITERIA = "bn_scale,l1,l2,bn_scale_norm,lamp,bn_scale_lamp,random"
+DEFAULT_CRITERIA = "taylor,bn_scale,l1,l2,bn_scale_norm,lamp,bn_scale_lamp,random"
 
 
 def train_args(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -70,11 +71,18 @@ def prune(criterion: str, args: argparse.Namespace, folder: Path) -> tuple[Path,
     from ultralytics import YOLO
 
     from ultralytics_slim import pruning
+    from ultralytics_slim.importance import NEEDS_GRADIENTS
     from ultralytics_slim.markers import PRUNED_KEY
+    from ultralytics_slim.techniques.prune import loss_gradients
 
     yolo = YOLO(args.model)
     model = yolo.model.float()
     macs, _ = pruning.count_macs_params(model, args.imgsz)
+    if criterion in NEEDS_GRADIENTS:
+        trainer, saved = training_batches(args), model.args
+        model.args = trainer.args  # the loss's gains, as `yolo train` sets them
+        loss_gradients(model, trainer)
+        model.args = saved
     r = pruning.prune_to(model, "macs", macs * args.macs, importance=criterion, imgsz=args.imgsz, seed=0)
     model.yaml[PRUNED_KEY] = True  # as the prune technique marks it: rebuilt from the file, not from the yaml scale
     kept = {n: r.channels_after[n] / c for n, c in r.channels_before.items()}
@@ -88,6 +96,21 @@ def prune(criterion: str, args: argparse.Namespace, folder: Path) -> tuple[Path,
         "min_kept_layer": f"{worst} {r.channels_before[worst]}->{r.channels_after[worst]}",
         "channels": r.channels_after,
     }
+
+
+def training_batches(args: argparse.Namespace) -> Any:
+    """What the prune technique reads its loss gradients from (a trainer's args, loader and batch preprocessing): the
+    training set as `yolo train` batches it."""
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils import DEFAULT_CFG
+
+    cfg, data = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz}), check_det_dataset(args.data)
+    loader = build_dataloader(build_yolo_dataset(cfg, data["train"], args.batch, data, mode="train"), args.batch, 0)
+    return SimpleNamespace(args=cfg, train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255})
 
 
 def curve(run: Path) -> list[float]:

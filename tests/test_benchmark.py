@@ -120,11 +120,15 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     assert jobs["baseline@0"].source is None and jobs["slim-50@0"].source == bench.package_hash()
     teacher = _cfg(tmp_path, rows=("teacher-v8s",), seeds=3)
     assert set(bench.plan(teacher, bench.row_specs(teacher))) == {"baseline@0", "teacher-v8s@0"}  # ratios need it
-    grid = _cfg(tmp_path, rows=("slim-50-r16",), seeds=3)  # slim-50 but for the channel grid, with every seed
-    specs = bench.row_specs(grid)
-    r16, r8 = deepcopy(specs["slim-50-r16"].slim), deepcopy(specs["slim-50"].slim)
-    assert r16["prune"].pop("round_to") == 16 and r8["prune"].pop("round_to") == "auto" and r16 == r8
-    assert set(bench.plan(grid, specs)) == {"baseline@0", "slim-50-r16@0", "slim-50-r16@1", "slim-50-r16@2"}
+    variants = _cfg(tmp_path, rows=("slim-50-r16", "slim-50-lamp"), seeds=3)  # slim-50 but for one setting
+    specs = bench.row_specs(variants)
+    r16, lamp, default = (deepcopy(specs[n].slim["prune"]) for n in ("slim-50-r16", "slim-50-lamp", "slim-50"))
+    assert r16.pop("round_to") == 16 and default.pop("round_to") == "auto" and r16 == default
+    assert (lamp.pop("importance"), lamp.pop("lr_scale"), default.pop("importance"), default.pop("lr_scale")) == (
+        "lamp", 3.0, "auto", 1.0
+    )
+    assert lamp == {**default, "round_to": "auto"}
+    assert set(bench.plan(variants, specs)) == {"baseline@0"} | {f"slim-50-{v}@{s}" for v in ("r16", "lamp") for s in range(3)}
 
 
 def test_benchmark_runs_reuses_rows_and_reports_spread(tmp_path: Path) -> None:

@@ -151,6 +151,16 @@ def test_lr_scale_multiplies_the_rates_from_the_first_step(tmp_path, detect_data
     assert learning_rates(tmp_path / "sgd")[1] == pytest.approx([0.01 * lf] * 3, rel=1e-4)
 
 
+@pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
+def test_taylor_ranks_with_the_runs_own_loss(tmp_path, detect_data, cfg):
+    """`importance: taylor` in the stock loop: the loss gradients come from the trainer's batches before the step (C3k2
+    halves, C2PSA attention, YOLO26's end-to-end loss), the target is met and the checkpoint loads without the plugin."""
+    YOLO(cfg).train(**train_args(tmp_path, data=detect_data), slim={"prune": {**ONE_STEP["prune"], "importance": "taylor"}})
+    pruned = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")[0]
+    assert 0.49 <= macs_ratio(type(pruned)(cfg, nc=pruned.nc, verbose=False), pruned) <= 0.51
+    assert all(p.grad is None for p in pruned.parameters())
+
+
 def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, caplog):
     """A step inside Ultralytics' warmup turns it off (said in the console); a warmup the user asks for is kept."""
     args = train_args(tmp_path, data=detect_data, deterministic=True, seed=0)

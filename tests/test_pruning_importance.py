@@ -6,12 +6,15 @@ change the per-layer allocation the way their docstrings say.
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 import torch
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_slim import pruning
+from ultralytics_slim.errors import SlimConfigError
 
 IMGSZ = 64
 
@@ -62,3 +65,50 @@ def test_bn_criteria_take_faded_channels(importance: str) -> None:
     """What sparsity training faded is what pruning removes, so removing it does not change the outputs."""
     kept = pruned(importance)[1].kept[f"{FADED}.bn"]
     assert min(kept) >= 16, kept
+
+
+def test_taylor_ranks_by_the_loss_gradient() -> None:
+    """`taylor` refuses a model without gradients, and takes first what the loss does not feel: the P5 box and class
+    branches, given zero gradient, go to the floor, where random gradients keep more; C2f halves are ranked too."""
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+    macs, _ = pruning.count_macs_params(model, IMGSZ)
+    with pytest.raises(SlimConfigError, match=r"importance='taylor' ranks channels by the loss gradient"):
+        pruning.prune_to(model, "macs", macs * 0.5, importance="taylor", imgsz=IMGSZ)
+    kept = {}
+    for case in ("random", "deaf P5"):
+        m = deepcopy(model)
+        for n, p in m.named_parameters():
+            p.grad = torch.rand_like(p) * (case == "random" or not n.startswith(("model.22.cv2.2", "model.22.cv3.2")))
+        r = pruning.prune_to(m, "macs", macs * 0.5, importance="taylor", imgsz=IMGSZ)
+        assert 0.99 * macs * 0.5 <= r.macs_after <= macs * 0.5
+        assert any(r.channels_after[f"model.{i}.cv1.conv"] < r.channels_before[f"model.{i}.cv1.conv"] for i in (2, 4, 6))
+        kept[case] = [r.channels_after[f"model.22.{b}.2.{j}.conv"] for b in ("cv2", "cv3") for j in (0, 1)]
+    assert kept["deaf P5"] == [8, 8, 8, 8] != kept["random"], kept
+
+
+def test_loss_gradients_leave_training_state_alone(detect_data: str) -> None:
+    """The gradient pass before a `taylor` step: every parameter (a frozen one too) gets the loss gradient, while the BN
+    running statistics, the model's mode and what is frozen stay as they were."""
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_dataloader, build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils import DEFAULT_CFG
+
+    from ultralytics_slim.techniques.prune import loss_gradients
+
+    args = get_cfg(DEFAULT_CFG, {"imgsz": IMGSZ})
+    data = check_det_dataset(detect_data)
+    loader = build_dataloader(build_yolo_dataset(args, data["train"], 4, data, mode="train"), 4, 0)
+    model = DetectionModel("yolov8n.yaml", nc=data["nc"], verbose=False).eval()
+    model.args = args
+    model.model[0].conv.weight.requires_grad_(False)  # as `freeze=` leaves it
+    stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    trainer = SimpleNamespace(train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255})
+    loss_gradients(model, trainer, batches=2)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model[1].parameters())
+    assert model.model[0].conv.weight.grad.abs().sum() > 0 and not model.model[0].conv.weight.requires_grad
+    assert not model.training
+    assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers() if "running" in n)

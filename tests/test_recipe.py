@@ -30,7 +30,7 @@ def test_shipped_recipe_resolves_by_name_like_ultralytics_data():
 @pytest.mark.parametrize(
     ("recipe", "importance"),
     [
-        ({"prune": {}}, "lamp"),
+        ({"prune": {}}, "taylor"),
         ({"sparsity": {"end": 0.3}, "prune": {"start": 0.4}}, "bn_scale_lamp"),
         ({"sparsity": {"end": 0.3}, "prune": {"start": 0.4, "importance": "l2"}}, "l2"),  # a choice is kept
     ],
@@ -53,6 +53,7 @@ def test_auto_round_to_follows_the_runtime_grid_for_a_latency_target():
     ("recipe", "expected"),
     [
         ({"prune": {"round_to": 0}}, r"'prune\.round_to'=0: .*'auto' or a whole number >= 1"),
+        ({"sparsity": {}, "prune": {"importance": "taylor", "start": 0.6}}, r"'taylor' ranks by the loss gradient"),
         ({"prune": {"round_to": "16x"}}, r"'prune\.round_to'='16x'"),
         ({"prune": {"targt": {"macs": 0.5}}}, r"'prune\.targt' is not a valid key\. Did you mean 'target'"),
         ({"sparsty": {}}, r"'sparsty' is not a valid key\. Did you mean 'sparsity'"),

@@ -30,7 +30,7 @@ import torch_pruning as tp
 from ultralytics.nn.modules import C2, C2PSA, PSA, Attention, C2f, Conv, Detect, Proto
 
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.importance import IMPORTANCES
+from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS
 from ultralytics_slim.monitor import channel_counts
 
 
@@ -148,6 +148,11 @@ def prune_to(
     _check_kind(kind)
     if importance not in IMPORTANCES:
         raise SlimConfigError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}")
+    if importance in NEEDS_GRADIENTS and (missing := [n for n, p in model.named_parameters() if p.grad is None]):
+        raise SlimConfigError(
+            f"importance={importance!r} ranks channels by the loss gradient, but {missing[0]} (and {len(missing) - 1} "
+            "more) has none: run backward passes of the training loss first (the prune technique does)"
+        )
     t0 = time.perf_counter()
     channels0, signatures0 = channel_counts(model), _bn_signatures(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -266,7 +271,7 @@ class _Twin(nn.Module):
 def _slice_conv(conv: Conv, idx: torch.Tensor) -> Conv:
     """Copy of an Ultralytics Conv keeping output channels `idx` (conv weight/bias and every BN tensor)."""
     new = deepcopy(conv)
-    for part in (new.conv, getattr(new, "bn", None)):
+    for stock, part in ((conv.conv, new.conv), (getattr(conv, "bn", None), getattr(new, "bn", None))):
         if part is None:
             continue
         for name, t in list(part.named_parameters(recurse=False)) + list(part.named_buffers(recurse=False)):
@@ -275,6 +280,8 @@ def _slice_conv(conv: Conv, idx: torch.Tensor) -> Conv:
             sliced = t.detach().index_select(0, idx.to(t.device)).clone()
             if isinstance(t, nn.Parameter):
                 sliced = nn.Parameter(sliced, requires_grad=t.requires_grad)
+                if (grad := getattr(stock, name).grad) is not None:  # deepcopy drops it; gradient criteria rank halves
+                    sliced.grad = grad.index_select(0, idx.to(grad.device)).clone()
             setattr(part, name, sliced)
     new.conv.out_channels = len(idx)
     if hasattr(new, "bn"):

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.importance import IMPORTANCES
+from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS
 
 if TYPE_CHECKING:
     from ultralytics_slim.schedule import Window
@@ -155,7 +155,7 @@ class PruneConfig(PhaseConfig):
     importance: str = Field(
         "auto",
         description="channel ranking, a name registered in ultralytics_slim.importance; auto: bn_scale_lamp after a "
-        "sparsity phase (it takes the channels sparsity faded), lamp otherwise",
+        "sparsity phase (it takes the channels sparsity faded), taylor (the loss gradient) otherwise",
     )
     steps: int = Field(3, ge=1, le=100, description="number of pruning steps spread over [start, end)")
     start: When = Field(0, description="epoch of the first pruning step (early: the most epochs left to recover)")
@@ -329,10 +329,17 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _resolve_importance(self) -> Recipe:
         """`importance: auto` is measured best for what precedes pruning: after sparsity training, |gamma| (with LAMP)
-        knows which channels were faded; without it, LAMP on the conv weights keeps the most mAP (benchmarks/importance.py)."""
-        prune = getattr(self, "prune", None)
+        knows which channels were faded; without it, the loss gradient (taylor) kept the most mAP on the benchmark
+        (README, Results), ahead of LAMP on the conv weights, the best magnitude criterion (benchmarks/importance.py)."""
+        prune, sparsity = getattr(self, "prune", None), getattr(self, "sparsity", None)
         if prune is not None and prune.importance == "auto":
-            prune.importance = "bn_scale_lamp" if getattr(self, "sparsity", None) is not None else "lamp"
+            prune.importance = "bn_scale_lamp" if sparsity is not None else "taylor"
+        if prune is not None and sparsity is not None and prune.importance in NEEDS_GRADIENTS:
+            raise ValueError(
+                f"prune.importance={prune.importance!r} ranks by the loss gradient at each pruning step, but sparsity "
+                "training needs to know beforehand which channels to fade; with a sparsity section use importance "
+                "auto (bn_scale_lamp)"
+            )
         return self
 
 
