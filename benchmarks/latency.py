@@ -39,7 +39,7 @@ from typing import Any
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import numpy as np
-from run import WARMUP, cpu_flags, machine
+from run import WARMUP, machine
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -57,11 +57,6 @@ def build(cfg: str, seed: int = 0) -> nn.Module:
         return load_checkpoint(cfg, device="cpu")[0].float().eval()
     torch.manual_seed(seed)
     return DetectionModel(cfg, nc=12, verbose=False).eval()
-
-
-def block() -> int:
-    """Channels per block of the runtimes' CPU convolution kernels: 16 with AVX-512, else 8 (AVX2)."""
-    return 16 if "avx512f" in cpu_flags() else 8
 
 
 def blocked_macs(model: nn.Module, imgsz: int, size: int) -> float:
@@ -240,7 +235,7 @@ def target_rows(targets: dict[str, dict[str, Any]], r: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run both studies, print and write the tables and the raw numbers; returns what went into the JSON."""
-    from ultralytics_slim.recipe import PruneConfig
+    from ultralytics_slim.recipe import PruneConfig, cpu_block
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="yolov8n.yaml", help="model yaml or checkpoint (default yolov8n.yaml)")
@@ -248,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-target", action="store_true", help="skip the latency-target check")
     p.add_argument("--profile", action="store_true", help="add the time per op type of every model and runtime")
     p.add_argument(
-        "--block", type=int, default=block(), help="channels per kernel block (default: 16 on AVX-512, else 8)"
+        "--block", type=int, default=cpu_block(), help="channels per kernel block (default: 16 on AVX-512, else 8)"
     )
     p.add_argument("--imgsz", type=int, default=640, help="deployment image size (default 640)")
     p.add_argument("--runs", type=int, default=100, help="timed interleaved runs per model and runtime (default 100)")
