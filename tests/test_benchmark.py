@@ -17,6 +17,8 @@ from conftest import Interrupt, interrupt_at
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils.callbacks.base import default_callbacks
 
+from ultralytics_slim.recipe import load_recipe
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import run as bench
 from data import NAMES, HardSet, make_hard_dataset
@@ -129,6 +131,22 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     )
     assert lamp == {**default, "round_to": "auto"}
     assert set(bench.plan(variants, specs)) == {"baseline@0"} | {f"slim-50-{v}@{s}" for v in ("r16", "lamp") for s in range(3)}
+
+
+def test_step_and_teacher_rows_differ_from_theirs_by_their_settings_only(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, rows=("v8s-slim-s5", "v8s-slim+distill", "slim-50+distill-v8s", "slim-50-s5"), seeds=3)
+    specs = bench.row_specs(cfg)
+    for five, three in (("v8s-slim-s5", "v8s-slim"), ("slim-50-s5", "slim-50"), ("slim-30-s5", "slim-30")):
+        s5, plain = deepcopy(specs[five].slim), deepcopy(specs[three].slim)
+        assert (s5["prune"].pop("steps"), s5["prune"].pop("end")) == (5, 0.5)
+        assert (plain["prune"].pop("steps"), plain["prune"].pop("end")) == (3, 0.3) and s5 == plain
+    distilled = deepcopy(specs["v8s-slim+distill"].slim)
+    assert distilled.pop("distill")["teacher"] == "self"  # the prune section as resolved: prune.yaml's settings
+    assert load_recipe(distilled).prune == load_recipe(specs["v8s-slim"].slim).prune
+    assert specs["slim-50+distill-v8s"].slim["distill"]["teacher"] == "teacher-v8s"  # the checkpoint, set per job
+    jobs = bench.plan(cfg, specs)
+    assert {f"{r}@{s}" for r in cfg.rows for s in range(3)} | {"baseline@0", "teacher-v8s@0"} == set(jobs)
+    assert dict(jobs["v8s-slim+distill@1"].deps) == {"teacher-v8s": "teacher-v8s@0"}  # starts from YOLOv8s
 
 
 def test_benchmark_runs_reuses_rows_and_reports_spread(tmp_path: Path) -> None:
