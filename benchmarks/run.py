@@ -413,22 +413,35 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                     slim=slim,
                 )
             )
+    lamp = {"importance": "lamp", "lr_scale": 3.0}  # the former default
+    five = {"steps": 5, "end": 0.5}  # smaller cuts, less fine-tuning after the last
     for name, pct, change, what in (  # prune.yaml with one setting changed, to compare with slim-{pct}
-        ("slim-50-lamp", 50, {"importance": "lamp", "lr_scale": 3.0}, "importance lamp, lr_scale 3 (the former default)"),
+        ("slim-50-lamp", 50, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-r16", 50, {"round_to": 16}, "round_to 16"),  # x86 runtimes compute convolutions in 16-channel blocks
-        ("slim-50-s5", 50, {"steps": 5, "end": 0.5}, "5 pruning steps"),  # smaller cuts, less fine-tuning after
-        ("slim-30-s5", 30, {"steps": 5, "end": 0.5}, "5 pruning steps"),
+        ("slim-50-s5", 50, five, "5 pruning steps"),
+        ("slim-30-s5", 30, five, "5 pruning steps"),
+        ("slim-30-lamp", 30, lamp, "importance lamp, lr_scale 3 (the former default)"),
     ):
         variant = recipe("prune.yaml", pct / 100, prune=change)
+        what = f"prune.yaml, {pct}% MACs, {what} ({phases(variant, F)})"
         slim_rows.append(
-            Row(name, f"prune.yaml, {pct}% MACs, {what} ({phases(variant, F)})", measured(continued("baseline", variant)),
-                claim=pct == 50, epochs=F, cost=F, group="others", slim=variant)  # fmt: skip
+            Row(
+                name,
+                what,
+                measured(continued("baseline", variant)),
+                claim=pct == 50,
+                epochs=F,
+                cost=F,
+                group="others",
+                slim=variant,
+            )
         )
     v8s = Dep("teacher-v8s")
     to_v8n = macs_ratio("yolov8n.yaml", "yolov8s.yaml", cfg.data.imgsz)
     v8s_slim = recipe("prune.yaml", to_v8n)
-    v8s_slim_s5 = recipe("prune.yaml", to_v8n, prune={"steps": 5, "end": 0.5})  # smaller cuts for a deep target
+    v8s_slim_s5 = recipe("prune.yaml", to_v8n, prune=five)
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
+    v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
     qat, baseline_qat = recipe("prune_distill_qat.yaml", 0.5), recipe("qat.yaml")
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
@@ -462,6 +475,9 @@ def row_specs(cfg: Config) -> dict[str, Row]:
             f"MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",
             measured(continued("teacher-v8s", v8s_slim_distill)), deps=(v8s,), claim=True, epochs=F, cost=2 * F,
             group="claims", slim=v8s_slim_distill),
+        Row("v8s-slim+distill-w0.25", f"v8s-slim+distill, distill weight 0.25 ({phases(v8s_slim_distill_light, F)})",
+            measured(continued("teacher-v8s", v8s_slim_distill_light)), deps=(v8s,), epochs=F, cost=2 * F,
+            group="others", slim=v8s_slim_distill_light),
         Row("slim-50+distill-v8s", f"prune_distill.yaml, teacher teacher-v8s, 50% MACs ({phases(v8s_distill, F)})",
             measured(continued("baseline", v8s_distill, teacher="teacher-v8s")), deps=(Dep("baseline"), v8s),
             claim=True, epochs=F, cost=1.6 * F, group="claims", slim=v8s_distill),

@@ -127,10 +127,15 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     r16, lamp, default = (deepcopy(specs[n].slim["prune"]) for n in ("slim-50-r16", "slim-50-lamp", "slim-50"))
     assert r16.pop("round_to") == 16 and default.pop("round_to") == "auto" and r16 == default
     assert (lamp.pop("importance"), lamp.pop("lr_scale"), default.pop("importance"), default.pop("lr_scale")) == (
-        "lamp", 3.0, "auto", 1.0
+        "lamp",
+        3.0,
+        "auto",
+        1.0,
     )
     assert lamp == {**default, "round_to": "auto"}
-    assert set(bench.plan(variants, specs)) == {"baseline@0"} | {f"slim-50-{v}@{s}" for v in ("r16", "lamp") for s in range(3)}
+    assert set(bench.plan(variants, specs)) == {"baseline@0"} | {
+        f"slim-50-{v}@{s}" for v in ("r16", "lamp") for s in range(3)
+    }
 
 
 def test_step_and_teacher_rows_differ_from_theirs_by_their_settings_only(tmp_path: Path) -> None:
