@@ -443,6 +443,12 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
+
+    def from_v8s(name: str, slim: dict, what: str, claim: bool, cost: float, group: str) -> Row:
+        """A row that slims the YOLOv8s teacher towards YOLOv8n's MACs in F epochs."""
+        return Row(name, what, measured(continued("teacher-v8s", slim)), deps=(v8s,), claim=claim, epochs=F,
+                   cost=cost, group=group, slim=slim)  # fmt: skip
+
     qat, baseline_qat = recipe("prune_distill_qat.yaml", 0.5), recipe("qat.yaml")
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
     slimming = recipe(  # the first release's prune.yaml: network slimming, pruning after sparsity training
@@ -464,20 +470,17 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         Row("scratch-50", f"slim-50 architecture (same seed) re-initialized, {E + F} epochs from scratch, SGD",
             measured(scratch), deps=(Dep("slim-50", same_seed=True),), claim=True, epochs=E + F, train=FROM_SCRATCH,
             cost=E + F, group="scratch"),
-        Row("v8s-slim", f"teacher-v8s + prune.yaml to YOLOv8n's MACs ({to_v8n:.0%} of YOLOv8s), {F} epochs "
-            f"({phases(v8s_slim, F)}); compare with baseline+F (YOLOv8n, the same {E} + {F} epochs)",
-            measured(continued("teacher-v8s", v8s_slim)), deps=(v8s,), claim=True, epochs=F, cost=1.5 * F,
-            group="claims", slim=v8s_slim),
-        Row("v8s-slim-s5", f"v8s-slim with 5 pruning steps ({phases(v8s_slim_s5, F)})",
-            measured(continued("teacher-v8s", v8s_slim_s5)), deps=(v8s,), claim=True, epochs=F, cost=1.5 * F,
-            group="others", slim=v8s_slim_s5),
-        Row("v8s-slim+distill", f"teacher-v8s + prune_distill.yaml (teacher self, the unpruned YOLOv8s) to YOLOv8n's "
-            f"MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",
-            measured(continued("teacher-v8s", v8s_slim_distill)), deps=(v8s,), claim=True, epochs=F, cost=2 * F,
-            group="claims", slim=v8s_slim_distill),
-        Row("v8s-slim+distill-w0.25", f"v8s-slim+distill, distill weight 0.25 ({phases(v8s_slim_distill_light, F)})",
-            measured(continued("teacher-v8s", v8s_slim_distill_light)), deps=(v8s,), epochs=F, cost=2 * F,
-            group="others", slim=v8s_slim_distill_light),
+        from_v8s("v8s-slim", v8s_slim, f"teacher-v8s + prune.yaml to YOLOv8n's MACs ({to_v8n:.0%} of YOLOv8s), {F} "
+                 f"epochs ({phases(v8s_slim, F)}); compare with baseline+F (YOLOv8n, the same {E} + {F} epochs)",
+                 claim=True, cost=1.5 * F, group="claims"),
+        from_v8s("v8s-slim-s5", v8s_slim_s5, f"v8s-slim with 5 pruning steps ({phases(v8s_slim_s5, F)})",
+                 claim=True, cost=1.5 * F, group="others"),
+        from_v8s("v8s-slim+distill", v8s_slim_distill, f"teacher-v8s + prune_distill.yaml (teacher self, the unpruned "
+                 f"YOLOv8s) to YOLOv8n's MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",
+                 claim=True, cost=2 * F, group="claims"),
+        from_v8s("v8s-slim+distill-w0.25", v8s_slim_distill_light,
+                 f"v8s-slim+distill, distill weight 0.25 ({phases(v8s_slim_distill_light, F)})",
+                 claim=False, cost=2 * F, group="others"),
         Row("slim-50+distill-v8s", f"prune_distill.yaml, teacher teacher-v8s, 50% MACs ({phases(v8s_distill, F)})",
             measured(continued("baseline", v8s_distill, teacher="teacher-v8s")), deps=(Dep("baseline"), v8s),
             claim=True, epochs=F, cost=1.6 * F, group="claims", slim=v8s_distill),
