@@ -415,12 +415,15 @@ def row_specs(cfg: Config) -> dict[str, Row]:
             )
     lamp = {"importance": "lamp", "lr_scale": 3.0}  # the former default
     five = {"steps": 5, "end": 0.5}  # smaller cuts, less fine-tuning after the last
+    uncapped = {"max_step_cut": 1.0}  # the former default: the ranking alone decides how much of a layer one step takes
     for name, pct, change, what in (  # prune.yaml with one setting changed, to compare with slim-{pct}
         ("slim-50-lamp", 50, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-r16", 50, {"round_to": 16}, "round_to 16"),  # x86 runtimes compute convolutions in 16-channel blocks
         ("slim-50-s5", 50, five, "5 pruning steps"),
         ("slim-30-s5", 30, five, "5 pruning steps"),
         ("slim-30-lamp", 30, lamp, "importance lamp, lr_scale 3 (the former default)"),
+        ("slim-50-uncapped", 50, uncapped, "max_step_cut 1.0 (the former default)"),
+        ("slim-30-uncapped", 30, uncapped, "max_step_cut 1.0 (the former default)"),
     ):
         variant = recipe("prune.yaml", pct / 100, prune=change)
         what = f"prune.yaml, {pct}% MACs, {what} ({phases(variant, F)})"
@@ -440,6 +443,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     to_v8n = macs_ratio("yolov8n.yaml", "yolov8s.yaml", cfg.data.imgsz)
     v8s_slim = recipe("prune.yaml", to_v8n)
     v8s_slim_s5 = recipe("prune.yaml", to_v8n, prune=five)
+    v8s_slim_uncapped = recipe("prune.yaml", to_v8n, prune=uncapped)
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
@@ -474,6 +478,9 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  f"epochs ({phases(v8s_slim, F)}); compare with baseline+F (YOLOv8n, the same {E} + {F} epochs)",
                  claim=True, cost=1.5 * F, group="claims"),
         from_v8s("v8s-slim-s5", v8s_slim_s5, f"v8s-slim with 5 pruning steps ({phases(v8s_slim_s5, F)})",
+                 claim=True, cost=1.5 * F, group="others"),
+        from_v8s("v8s-slim-uncapped", v8s_slim_uncapped,
+                 f"v8s-slim with max_step_cut 1.0 (the former default) ({phases(v8s_slim_uncapped, F)})",
                  claim=True, cost=1.5 * F, group="others"),
         from_v8s("v8s-slim+distill", v8s_slim_distill, f"teacher-v8s + prune_distill.yaml (teacher self, the unpruned "
                  f"YOLOv8s) to YOLOv8n's MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",

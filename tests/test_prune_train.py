@@ -15,7 +15,7 @@ from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.torch_utils import get_num_params
 
 from conftest import BLOCK_PLUGIN, Interrupt, cli, interrupt_at, pickled_modules, run_yolo, train_args
-from ultralytics_slim import pruning
+from ultralytics_slim import monitor, pruning
 from ultralytics_slim.data import make_dataset
 from ultralytics_slim.errors import SlimConfigError
 
@@ -154,11 +154,17 @@ def test_lr_scale_multiplies_the_rates_from_the_first_step(tmp_path, detect_data
 @pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
 def test_taylor_ranks_with_the_runs_own_loss(tmp_path, detect_data, cfg):
     """`importance: taylor` in the stock loop: the loss gradients come from the trainer's batches before the step (C3k2
-    halves, C2PSA attention, YOLO26's end-to-end loss), the target is met and the checkpoint loads without the plugin."""
+    halves, C2PSA attention, YOLO26's end-to-end loss), the target is met and the checkpoint loads without the plugin.
+    The default `max_step_cut` (0.5) holds: half of every layer is enough for 50% of the MACs in one step, so no layer
+    loses more, and the report says why."""
     YOLO(cfg).train(**train_args(tmp_path, data=detect_data), slim={"prune": {**ONE_STEP["prune"], "importance": "taylor"}})
     pruned = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")[0]
-    assert 0.49 <= macs_ratio(type(pruned)(cfg, nc=pruned.nc, verbose=False), pruned) <= 0.51
+    start = type(pruned)(cfg, nc=pruned.nc, verbose=False)
+    assert 0.49 <= macs_ratio(start, pruned) <= 0.51
     assert all(p.grad is None for p in pruned.parameters())
+    before, after = monitor.channel_counts(start), monitor.channel_counts(pruned)
+    assert all(after[n] >= before[n] / 2 for n in before) and after != before
+    assert "more than max_step_cut=0.5 of a layer" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, caplog):
@@ -182,7 +188,7 @@ def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, cap
 DDP_WORKER = """
 import sys, torch, torch.distributed as dist
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics_slim import pruning
+from ultralytics_slim import monitor, pruning
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=2)
 torch.manual_seed(0)

@@ -248,6 +248,27 @@ def test_floor_and_unreachable_target() -> None:
         pruning.prune_to(model, "flops", macs)
 
 
+@pytest.mark.parametrize("ratio", [0.8, 0.15])
+def test_max_cut_spreads_a_step_unless_the_target_needs_more(ratio: float) -> None:
+    """`max_cut` bounds what one call takes from each layer while other layers can give; when they cannot, it gives way
+    to the target rather than failing. Gradients that favour one cut (random `taylor` scores) make the cap bind."""
+    torch.manual_seed(0)
+    model = build("yolov8n.yaml")
+    for p in model.parameters():
+        p.grad = torch.rand_like(p) * torch.rand(1)
+    macs, _ = pruning.count_macs_params(model)
+    worst = {}
+    for c in (1.0, 0.5):
+        m = copy.deepcopy(model)
+        for p, q in zip(model.parameters(), m.parameters()):
+            q.grad = p.grad
+        r = pruning.prune_to(m, "macs", macs * ratio, importance="taylor", max_cut=c)
+        assert 0.99 * macs * ratio <= r.macs_after <= macs * ratio
+        worst[c] = max(1 - r.channels_after[n] / r.channels_before[n] for n in r.channels_before)
+    assert worst[1.0] > 0.9
+    assert worst[0.5] <= 0.5 if ratio == 0.8 else worst[0.5] > 0.5  # halving every layer leaves ~25% of the MACs
+
+
 def test_helpers_leave_the_model_alone() -> None:
     model = build("yolo26n.yaml").train()
     head = model.model[-1]

@@ -6,7 +6,10 @@ change the per-layer allocation the way their docstrings say.
 
 from __future__ import annotations
 
+import itertools
 from copy import deepcopy
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +18,8 @@ from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_slim import pruning
 from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.techniques.distill import DistillCriterion
+from ultralytics_slim.techniques.prune import loss_gradients
 
 IMGSZ = 64
 
@@ -87,28 +92,52 @@ def test_taylor_ranks_by_the_loss_gradient() -> None:
     assert kept["deaf P5"] == [8, 8, 8, 8] != kept["random"], kept
 
 
-def test_loss_gradients_leave_training_state_alone(detect_data: str) -> None:
-    """The gradient pass before a `taylor` step: every parameter (a frozen one too) gets the loss gradient, while the BN
-    running statistics, the model's mode and what is frozen stay as they were."""
-    from types import SimpleNamespace
-
+def gradient_setup(data_yaml: str) -> tuple[DetectionModel, Any]:
+    """A fresh YOLOv8n for `data_yaml` and a trainer-like object drawing real training batches (4 images, imgsz 64)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_dataloader, build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.utils import DEFAULT_CFG
 
-    from ultralytics_slim.techniques.prune import loss_gradients
-
     args = get_cfg(DEFAULT_CFG, {"imgsz": IMGSZ})
-    data = check_det_dataset(detect_data)
+    data = check_det_dataset(data_yaml)
     loader = build_dataloader(build_yolo_dataset(args, data["train"], 4, data, mode="train"), 4, 0)
+    batches = list(itertools.islice(loader, 2))  # drawn once: the same augmented images for every pass
+    torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=data["nc"], verbose=False).eval()
     model.args = args
+    return model, SimpleNamespace(train_loader=batches, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255})
+
+
+def test_loss_gradients_leave_training_state_alone(detect_data: str) -> None:
+    """The gradient pass before a `taylor` step: every parameter (a frozen one too) gets the loss gradient, while the BN
+    running statistics, the model's mode and what is frozen stay as they were."""
+    model, trainer = gradient_setup(detect_data)
     model.model[0].conv.weight.requires_grad_(False)  # as `freeze=` leaves it
     stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
-    trainer = SimpleNamespace(train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255})
     loss_gradients(model, trainer, batches=2)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model[1].parameters())
     assert model.model[0].conv.weight.grad.abs().sum() > 0 and not model.model[0].conv.weight.requires_grad
     assert not model.training
     assert all(torch.equal(b, stats[n]) for n, b in model.named_buffers() if "running" in n)
+
+
+def test_loss_gradients_rank_by_the_task_loss_alone(detect_data: str) -> None:
+    """With distillation on, the gradient pass leaves the distillation term out (of the gradients and of its share of
+    the loss) and the distillation criterion in place for training."""
+    model, trainer = gradient_setup(detect_data)
+    plain = deepcopy(model)
+    loss_gradients(plain, trainer, batches=1)
+    recorded = []
+    term = SimpleNamespace(  # a term the gradients would show: the student's raw outputs pulled towards 0
+        loss=lambda preds, batch: sum(p.square().mean() for p in preds["feats"]) * 100,
+        record=lambda *a: recorded.append(a),
+    )
+    model.criterion = wrapped = DistillCriterion(model.init_criterion(), term)
+    loss_gradients(model, trainer, batches=1)
+    assert model.criterion is wrapped and not recorded
+    for p, q in zip(plain.parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+    batch = trainer.preprocess_batch(trainer.train_loader[0])
+    wrapped(model.train()(batch["img"]), batch)
+    assert recorded  # the term is live: the pass above left it out, not a dead stub

@@ -132,13 +132,16 @@ def prune_to(
     ignore: Sequence[str] = (),
     imgsz: int = 64,
     seed: int = 0,
+    max_cut: float = 1.0,
 ) -> PruneResult:
     """Prune `model` IN PLACE until its MACs (or params) are <= `target` and within ~1% of it.
 
     `target` is an absolute count as returned by `count_macs_params` at `imgsz`. Channels are ranked globally over all
     coupled groups with `importance` (a name in `ultralytics_slim.importance`; the default "lamp", conv weights with
     LAMP normalization, kept the most mAP in benchmarks/importance.py); every layer keeps at least `min_channels` and a
-    multiple of `round_to`. Deterministic for the same weights, so every DDP rank takes the same decision. The model
+    multiple of `round_to`. No layer loses more than `max_cut` of its channels while other layers still can give what
+    the target needs (the ranking scores channels one at a time, and a layer emptied at once can become the
+    network's bottleneck). Deterministic for the same weights, so every DDP rank takes the same decision. The model
     keeps its Python identity, train/eval mode, device and dtype; afterwards it holds only stock Ultralytics classes
     with consistent attributes, and head outputs keep their shapes.
 
@@ -160,7 +163,9 @@ def prune_to(
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
         now = macs0 if kind == "macs" else params0
-        plan, reached = _plan(model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed)
+        plan, reached = _plan(
+            model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut
+        )
         if reached > target:
             raise SlimConfigError(
                 f"cannot prune {kind} to {target / now:.3f} of the current model: the floor is {reached / now:.3f} "
@@ -736,9 +741,13 @@ def _plan(
     round_to: int,
     min_channels: int,
     seed: int,
+    max_cut: float = 1.0,
     tolerance: float = 0.01,
 ) -> tuple[list[tuple[_Unit, torch.Tensor]], float]:
     """Greedy global plan: drop the least important blocks until the exact cost is <= target.
+
+    Blocks that would take a unit past `max_cut` of its channels come after all others, in their own ranking, so the
+    cap gives way only where the target needs it (a unit's blocks stay in order: its fraction removed only grows).
 
     A block that would undershoot `target` by more than `tolerance` is skipped (with the rest of its unit) so the result
     lands within ~1% of the target; when no block fits, the smallest undershoot is taken. Returns the removals per unit
@@ -748,7 +757,7 @@ def _plan(
         torch.manual_seed(seed)
         scores = [_unit_scores(u, imp) for u in an.units]
     blocks = [b for i, (u, s) in enumerate(zip(an.units, scores)) for b in _blocks(u, s, round_to, min_channels, i)]
-    blocks.sort(key=lambda b: (b.score, b.frac, b.unit))
+    blocks.sort(key=lambda b: (b.frac > max_cut, b.score, b.frac, b.unit))
     cost = _Cost(model, an.areas, kind)
     removed: dict[int, list[torch.Tensor]] = {}
     skipped: dict[int, tuple[float, _Block]] = {}  # first block of a unit that would undershoot the window

@@ -166,6 +166,13 @@ class PruneConfig(PhaseConfig):
         "convolution kernels compute in (16 with AVX-512, 8 otherwise)",
     )
     min_channels: int = Field(8, ge=1, description="floor of channels kept in every layer")
+    max_step_cut: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="most of a layer's channels one step removes while other layers can still give what the step "
+        "needs: a layer emptied at once can become the network's bottleneck (1.0: the ranking alone decides)",
+    )
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
     lr_scale: float = Field(
         1.0,

@@ -269,7 +269,13 @@ def _layers(r: _Run) -> list[str]:
         how = (
             f"Channels were ranked by importance `{cfg.importance}`: {doc}. The ranking spans "
             "all layers at once, so a layer loses channels when its scores are low against the rest of the network; "
-            f"every layer keeps at least min_channels={cfg.min_channels} and a multiple of round_to={cfg.round_to}."
+            f"every layer keeps at least min_channels={cfg.min_channels} and a multiple of round_to={cfg.round_to}"
+            + (
+                f"; one step takes more than max_step_cut={cfg.max_step_cut:g} of a layer only when the other layers "
+                "cannot give what the step needs."
+                if cfg.max_step_cut < 1
+                else "."
+            )
         )
     lines = ["## Channels per layer", "", how, "", "| layer | start | final | kept | cut by step (before -> after) |"]
     lines.append("|---|---|---|---|---|")

@@ -23,11 +23,12 @@ from ultralytics.utils import LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from ultralytics_slim import latency, monitor, pruning
-from ultralytics_slim.importance import NEEDS_GRADIENTS
 from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.importance import NEEDS_GRADIENTS
 from ultralytics_slim.markers import PRUNED_KEY
 from ultralytics_slim.recipe import PruneConfig
 from ultralytics_slim.techniques.base import Technique
+from ultralytics_slim.techniques.distill import DistillCriterion
 
 PREFIX = colorstr("Slim prune: ")
 SEARCH_STEPS = 5  # latency-target candidates measured per step (each: prune a copy, export, time)
@@ -42,6 +43,7 @@ def macs_for_latency(
     *,
     importance: str,
     seed: int,
+    max_cut: float = 1.0,
     **kwargs: Any,
 ) -> tuple[float, float, float]:
     """The MACs target whose pruned model runs in at most `goal` of the starting latency (closest from below).
@@ -49,8 +51,8 @@ def macs_for_latency(
     Latency follows MACs only roughly (per-op overheads, channel counts a kernel likes), so candidates are pruned
     on a copy and timed by `measure` (latency ratio to the starting model, ms): a proportional first guess, then
     bisection refined by the measured ratio. When no candidate gets under the goal, the fastest one measured is taken
-    with a warning, never the floor: a noisy reading must not strip the model. `kwargs` (round_to, min_channels,
-    ignore) go to `prune_to`; benchmarks/latency.py runs this search outside training.
+    with a warning, never the floor: a noisy reading must not strip the model. `max_cut` and `kwargs` (round_to,
+    min_channels, ignore) go to `prune_to`; benchmarks/latency.py runs this search outside training.
     Returns (MACs target, its latency ratio, its latency in ms).
     """
     macs = pruning.count_macs_params(model)[0]
@@ -64,7 +66,7 @@ def macs_for_latency(
         candidate = deepcopy(model)
         for p, q in zip(model.parameters(), candidate.parameters()):
             q.grad = p.grad  # a gradient criterion ranks the copy as it would the model (pruning slices, never writes)
-        pruning.prune_to(candidate, "macs", r * macs, importance=importance, seed=seed, **kwargs)
+        pruning.prune_to(candidate, "macs", r * macs, importance=importance, seed=seed, max_cut=max_cut, **kwargs)
         ratio, ms = measure(candidate)
         fastest = min(fastest or (r, ratio, ms), (r, ratio, ms), key=lambda c: c[1])
         if ratio <= goal:
@@ -86,16 +88,22 @@ def macs_for_latency(
 
 
 def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCHES) -> None:
-    """Leave in every parameter's `.grad` the training loss's gradient summed over `batches` training batches, for
-    the criteria that rank by it (`taylor`).
+    """Leave in every parameter's `.grad` the task loss's gradient summed over `batches` training batches, for the
+    criteria that rank by it (`taylor`).
 
     Batches as the trainer draws them (its augmentations), BatchNorm normalizing with batch statistics as in training
     but with its running statistics left as they are, every parameter (frozen ones too) given a gradient, and the sum
     averaged over DDP ranks, so that every rank ranks the same numbers. A parameter the loss does not reach gets zeros.
+    The task loss only, without a distillation term: what the pruned model must keep is what the task needs (with the
+    term, `taylor` cut a high-resolution layer to half of what it kept without a teacher, README), and the pass must
+    not count into the distillation's share of the loss.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta, mode = [m.momentum for m in bns], model.training
     needs = {p: p.requires_grad for p in model.parameters()}
+    criterion = getattr(model, "criterion", None)
+    if isinstance(criterion, DistillCriterion):
+        model.criterion = criterion.criterion
     for m in bns:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
     model.train()
@@ -114,6 +122,7 @@ def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCH
         for p, needed in needs.items():
             p.requires_grad_(needed)
         model.train(mode)
+        model.criterion = criterion
     for p in needs:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -256,6 +265,7 @@ class PruneTechnique(Technique):
         model = unwrap_model(trainer.model)
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
+        cut = self.cfg.max_step_cut
         for i in due:
             t = time.perf_counter()
             if self.cfg.importance in NEEDS_GRADIENTS:
@@ -263,12 +273,14 @@ class PruneTechnique(Technique):
             goal = self.cfg.target.ratio ** ((i + 1) / len(self.events))
             if self.cfg.target.kind == "latency":  # a MACs target found by timing candidates
                 macs, ratio, ms = macs_for_latency(
-                    model, goal, self._measure, importance=self.cfg.importance, seed=i, **self._kwargs()
+                    model, goal, self._measure, importance=self.cfg.importance, seed=i, max_cut=cut, **self._kwargs()
                 )
                 kind, target, timed = "macs", macs, {"latency": round(ms, 3), "latency_ratio": round(ratio, 4)}
             else:
                 kind, target, timed = self.cfg.target.kind, self.base * goal, {}
-            result = pruning.prune_to(model, kind, target, importance=self.cfg.importance, seed=i, **self._kwargs())
+            result = pruning.prune_to(
+                model, kind, target, importance=self.cfg.importance, seed=i, max_cut=cut, **self._kwargs()
+            )
             model.zero_grad(set_to_none=True)
             self.done = i + 1
             for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
