@@ -1085,6 +1085,8 @@ def machine() -> str:
         f"flags: {', '.join(isa)} (no {', '.join(missing) or '-'}); Ultralytics trains and validates in torch on "
         f"{NUM_THREADS} thread(s) (its cpu_count - 1)\n"
         f"- Versions: {', '.join(versions)}\n"
+        f"- Plugin code: source hash {package_hash()[:10]} (every slim row's record is keyed by it: rows recorded with "
+        "other code are not shown)\n"
         f"- Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (the machine is shared)"
     )
 

@@ -85,12 +85,24 @@ def test_every_task_prunes(tmp_path, data_root, task):
 
 
 def test_cli_finetune_keeps_pruned_architecture(tmp_path, detect_data):
+    """A stock fine-tune of a pruned best.pt (no `slim=`) keeps its width, also when it is interrupted and resumed
+    with `yolo train resume`: the stock trainer would rebuild the model from its yaml at full width."""
     YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data, name="pruned"), slim=ONE_STEP)
     best = tmp_path / "pruned" / "weights" / "best.pt"
     params = get_num_params(load_checkpoint(best)[0])
     r = run_yolo("train", *cli(train_args(tmp_path, data=detect_data, model=best, name="ft", epochs=1)), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert get_num_params(load_checkpoint(tmp_path / "ft" / "weights" / "best.pt")[0]) == params
+
+    model = YOLO(best)
+    model.add_callback("on_train_epoch_start", interrupt_at(1))
+    with pytest.raises(Interrupt):
+        model.train(**train_args(tmp_path, data=detect_data, name="cut"))
+    last = tmp_path / "cut" / "weights" / "last.pt"
+    r = run_yolo("train", "resume", f"model={last}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["epoch"] == -1 and get_num_params(resumed["model"]) == params  # finished (optimizer stripped)
 
 
 def test_unreachable_target_is_reported_before_training(tmp_path, detect_data):

@@ -3,7 +3,7 @@
 1. `slim` becomes a known key of Ultralytics' default config, so the CLI accepts it (and still rejects `slimm=`
    with its own suggestion).
 2. `Model.train` picks the slim trainer of the model's task when the run needs it: `slim=` was given, the run
-   resumes a slim checkpoint, or the model was pruned (so it is not rebuilt from its yaml). Otherwise it calls the
+   resumes a slim checkpoint, or the model (also one resumed) was pruned, so that it is not rebuilt from its yaml. Otherwise it calls the
    stock `train` unchanged, without `slim` (so `slim=None` is exactly a stock run).
 """
 
@@ -17,17 +17,19 @@ from ultralytics_slim.markers import is_pruned, register_slim_key
 
 
 def _resumes_slim_run(model: Any, resume: Any) -> bool:
-    """Whether the run that `resume=` continues is a slim run; the checkpoint is found as the stock trainer finds it."""
-    if not isinstance(resume, (str, Path)):
-        return ((model.ckpt or {}).get("train_args") or {}).get("slim") is not None
-    from ultralytics.nn.tasks import load_checkpoint
-    from ultralytics.utils.files import get_latest_run
+    """Whether the run that `resume=` continues needs the slim trainer: a slim run, or the fine-tune of a pruned model
+    (which the stock trainer would rebuild at full width); the checkpoint is found as the stock trainer finds it."""
+    if isinstance(resume, (str, Path)):
+        from ultralytics.nn.tasks import load_checkpoint
+        from ultralytics.utils.files import get_latest_run
 
-    try:  # a missing path resumes the latest run, as in `BaseTrainer.check_resume`
-        ckpt = load_checkpoint(resume if Path(resume).is_file() else get_latest_run())[1]
-    except Exception:  # nothing to resume: the stock trainer reports it in its own words
-        return False
-    return (ckpt.get("train_args") or {}).get("slim") is not None
+        try:  # a missing path resumes the latest run, as in `BaseTrainer.check_resume`
+            resumed, ckpt = load_checkpoint(resume if Path(resume).is_file() else get_latest_run())
+        except Exception:  # nothing to resume: the stock trainer reports it in its own words
+            return False
+    else:
+        resumed, ckpt = model.model, model.ckpt or {}
+    return (ckpt.get("train_args") or {}).get("slim") is not None or is_pruned(resumed)
 
 
 def _slim_requested(model: Any, kwargs: dict[str, Any]) -> bool:
