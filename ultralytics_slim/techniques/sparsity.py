@@ -148,6 +148,7 @@ class SparsityTechnique(Technique):
             round_to=p.round_to,
             min_channels=p.min_channels,
             ignore=p.ignore,
+            max_cut=1 - (1 - p.max_step_cut) ** p.steps,  # what the capped steps can take from a layer in all
         )
         kept = {n: m.num_features for n, m in copy.named_modules() if isinstance(m, nn.BatchNorm2d)}
         before = {n: m.num_features for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
