@@ -3,8 +3,8 @@
 1. `slim` becomes a known key of Ultralytics' default config, so the CLI accepts it (and still rejects `slimm=`
    with its own suggestion).
 2. `Model.train` picks the slim trainer of the model's task when the run needs it: `slim=` was given, the run
-   resumes a slim checkpoint, or the model (also one resumed) was pruned, so that it is not rebuilt from its yaml. Otherwise it calls the
-   stock `train` unchanged, without `slim` (so `slim=None` is exactly a stock run).
+   resumes a slim checkpoint, or the model (also one resumed) was pruned, so that it is not rebuilt from its yaml.
+   Otherwise it calls the stock `train` unchanged, without `slim` (so `slim=None` is exactly a stock run).
 """
 
 from __future__ import annotations

@@ -163,9 +163,7 @@ def prune_to(
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
         now = macs0 if kind == "macs" else params0
-        plan, reached = _plan(
-            model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut
-        )
+        plan, reached = _plan(model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut)
         if reached > target:
             raise SlimConfigError(
                 f"cannot prune {kind} to {target / now:.3f} of the current model: the floor is {reached / now:.3f} "
