@@ -439,6 +439,16 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                 slim=variant,
             )
         )
+    for name, change, what in (  # prune_distill.yaml with one distillation setting changed, to compare with slim-50+distill
+        ("slim-50+distill-feat", {"loss": "head+feature"}, "head and neck-feature distillation"),
+        ("slim-50+distill-w2", {"weight": 2.0}, "distill weight 2"),
+    ):
+        variant = recipe("prune_distill.yaml", 0.5, distill=change)
+        slim_rows.append(
+            Row(name, f"prune_distill.yaml, 50% MACs, {what} ({phases(variant, F)})",
+                measured(continued("baseline", variant)), claim=True, epochs=F, cost=1.4 * F, group="others",
+                slim=variant)
+        )  # fmt: skip
     v8s = Dep("teacher-v8s")
     to_v8n = macs_ratio("yolov8n.yaml", "yolov8s.yaml", cfg.data.imgsz)
     v8s_slim = recipe("prune.yaml", to_v8n)
