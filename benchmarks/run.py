@@ -441,7 +441,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         )
     for name, change, what in (  # prune_distill.yaml with one distillation setting changed, to compare with slim-50+distill
         ("slim-50+distill-feat", {"loss": "head+feature"}, "head and neck-feature distillation"),
-        ("slim-50+distill-w1", {"weight": 1.0}, "distill weight 1 (the former default)"),
+        ("slim-50+distill-w2", {"weight": 2.0}, "distill weight 2"),
     ):
         variant = recipe("prune_distill.yaml", 0.5, distill=change)
         slim_rows.append(

@@ -224,7 +224,7 @@ class DistillConfig(PhaseConfig):
     """Teacher-guided distillation on the detection head's outputs."""
 
     teacher: str = Field("self", description="'self' (the model the run starts from) or a checkpoint path")
-    weight: float = Field(2.0, gt=0, description="weight of the distillation loss (1: about as much as the labels)")
+    weight: float = Field(1.0, gt=0, description="weight of the distillation loss")
     loss: Literal["head", "feature", "head+feature"] = Field(
         "head", description="'head': class scores and box distributions; 'feature': the neck features (teacher self)"
     )
