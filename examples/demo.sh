@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up ultralytics-slim and show what slimming a trained model costs, offline, on a CPU, in a few minutes:
-# install -> synthetic detection set -> a stock YOLOv8n baseline -> that baseline slimmed with prune_distill.yaml.
-# runs/demo/prune_distill/report.md then compares the baseline (weights/start.pt) with the slim model (weights/best.pt).
+# install -> synthetic detection set -> a stock YOLOv8n baseline -> that baseline slimmed with prune.yaml.
+# runs/demo/prune/report.md then compares the baseline (weights/start.pt) with the slim model (weights/best.pt).
 # Usage: bash examples/demo.sh    (in a virtual environment: it installs torch and more, see the README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,5 @@ python -m ultralytics_slim.data --task detect --out datasets/shapes --n-train 20
 rm -rf runs/demo  # this script's own output; a rerun starts clean
 RUN=(data=datasets/shapes/data.yaml imgsz=128 batch=16 workers=0 device=cpu plots=False project="$PWD/runs/demo")
 yolo train model=yolov8n.yaml epochs=40 name=baseline "${RUN[@]}"
-yolo train model=runs/demo/baseline/weights/best.pt epochs=15 name=prune_distill slim=prune_distill.yaml "${RUN[@]}"
-echo "Demo finished: runs/demo/prune_distill/report.md compares the baseline with the slim model (weights/best.pt)"
+yolo train model=runs/demo/baseline/weights/best.pt epochs=15 name=prune slim=prune.yaml "${RUN[@]}"
+echo "Demo finished: runs/demo/prune/report.md compares the baseline with the slim model (weights/best.pt)"
