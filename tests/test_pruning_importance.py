@@ -73,8 +73,9 @@ def test_bn_criteria_take_faded_channels(importance: str) -> None:
 
 
 def test_taylor_ranks_by_the_loss_gradient() -> None:
-    """`taylor` refuses a model without gradients, and takes first what the loss does not feel: the P5 box and class
-    branches, given zero gradient, go to the floor, where random gradients keep more; C2f halves are ranked too."""
+    """`taylor` refuses a model without gradients (the frozen DFL needs none), and takes first what the loss does not
+    feel: the P5 box and class branches, given zero gradient, go to the floor, where random gradients keep more; C2f
+    halves are ranked too."""
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
     macs, _ = pruning.count_macs_params(model, IMGSZ)
@@ -84,6 +85,9 @@ def test_taylor_ranks_by_the_loss_gradient() -> None:
     for case in ("random", "deaf P5"):
         m = deepcopy(model)
         for n, p in m.named_parameters():
+            if ".dfl." in n:  # frozen by Ultralytics, so it has no gradient: never pruned, not needed
+                p.requires_grad_(False)
+                continue
             p.grad = torch.rand_like(p) * (case == "random" or not n.startswith(("model.22.cv2.2", "model.22.cv3.2")))
         r = pruning.prune_to(m, "macs", macs * 0.5, importance="taylor", imgsz=IMGSZ)
         assert 0.99 * macs * 0.5 <= r.macs_after <= macs * 0.5

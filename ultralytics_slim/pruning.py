@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from ultralytics.nn.modules import C2, C2PSA, PSA, Attention, C2f, Conv, Detect, Proto
+from ultralytics.nn.modules import C2, C2PSA, DFL, PSA, Attention, C2f, Conv, Detect, Proto
 
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS
@@ -151,10 +151,14 @@ def prune_to(
     _check_kind(kind)
     if importance not in IMPORTANCES:
         raise SlimConfigError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}")
-    if importance in NEEDS_GRADIENTS and (missing := [n for n, p in model.named_parameters() if p.grad is None]):
+    dfl = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, DFL) for k, _ in m.named_parameters()}
+    if importance in NEEDS_GRADIENTS and (  # the DFL's fixed projection is frozen by Ultralytics and never pruned
+        missing := [n for n, p in model.named_parameters() if p.grad is None and n not in dfl]
+    ):
         raise SlimConfigError(
             f"importance={importance!r} ranks channels by the loss gradient, but {missing[0]} (and {len(missing) - 1} "
-            "more) has none: run backward passes of the training loss first (the prune technique does)"
+            "more) has none: run backward passes of the training loss first, with requires_grad on for frozen layers "
+            "(the prune technique does)"
         )
     t0 = time.perf_counter()
     channels0, signatures0 = channel_counts(model), _bn_signatures(model)
