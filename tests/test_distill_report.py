@@ -15,6 +15,7 @@ from conftest import Interrupt, events, interrupt_at, pickled_modules, run_yolo,
 from ultralytics_slim import monitor
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.recipe import load_recipe
+from ultralytics_slim.report import _teacher_behind
 from ultralytics_slim.techniques.distill import head_distill_loss
 
 CHAIN = {
@@ -148,10 +149,8 @@ def test_report_warns_when_the_student_outgrew_its_teacher():
     """A `self` teacher that the student ends well above had not finished training (the README demo: distilling from
     it cost 1.2 points); level with a converged teacher, with a checkpoint teacher or without one there is nothing
     to say."""
-    from ultralytics_slim.report import _teacher_behind
-
     distill = load_recipe("prune_distill.yaml")
     assert "ended 8.4 points above its teacher (the starting model, 0.681)" in _teacher_behind(distill, 0.681, 0.765)
-    assert _teacher_behind(distill, 0.7885, 0.7905) is None  # the benchmark's best distilled seed
+    assert _teacher_behind(distill, 0.7885, 0.7905) is None  # the benchmark's distilled seeds: -0.5 to +0.3 point
     assert _teacher_behind(load_recipe({"distill": {"teacher": "yolov8s.pt"}}), 0.681, 0.765) is None
     assert _teacher_behind(load_recipe("prune.yaml"), 0.681, 0.777) is None

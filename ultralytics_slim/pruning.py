@@ -151,15 +151,14 @@ def prune_to(
     _check_kind(kind)
     if importance not in IMPORTANCES:
         raise SlimConfigError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}")
-    dfl = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, DFL) for k, _ in m.named_parameters()}
-    if importance in NEEDS_GRADIENTS and (  # the DFL's fixed projection is frozen by Ultralytics and never pruned
-        missing := [n for n, p in model.named_parameters() if p.grad is None and n not in dfl]
-    ):
-        raise SlimConfigError(
-            f"importance={importance!r} ranks channels by the loss gradient, but {missing[0]} (and {len(missing) - 1} "
-            "more) has none: run backward passes of the training loss first, with requires_grad on for frozen layers "
-            "(the prune technique does)"
-        )
+    if importance in NEEDS_GRADIENTS:  # the DFL's fixed projection, frozen by Ultralytics and never pruned, needs none
+        dfl = {id(p) for m in model.modules() if isinstance(m, DFL) for p in m.parameters()}
+        if missing := [n for n, p in model.named_parameters() if p.grad is None and id(p) not in dfl]:
+            raise SlimConfigError(
+                f"importance={importance!r} ranks channels by the loss gradient, but {missing[0]} (and "
+                f"{len(missing) - 1} more) has none: run backward passes of the training loss first, with requires_grad "
+                "on for frozen layers (the prune technique does)"
+            )
     t0 = time.perf_counter()
     channels0, signatures0 = channel_counts(model), _bn_signatures(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}

@@ -168,7 +168,7 @@ def _teacher_behind(recipe: Recipe | None, start_map: float, end_map: float) -> 
 
     Such a teacher had not finished training, and distilling from it holds the student back: on the README demo
     (a 40-epoch baseline) `prune_distill.yaml` ended 1.2 points below `prune.yaml`. From a converged teacher the
-    student ends below or level with it (the benchmark: -0.4 to +0.2 point), which says nothing.
+    student ends below or level with it (the benchmark's distilled seeds: -0.5 to +0.3 point), which says nothing.
     """
     distill = recipe.distill if recipe else None
     if distill is None or distill.teacher != "self" or end_map - start_map < TEACHER_BEHIND:
