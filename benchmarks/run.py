@@ -5,6 +5,7 @@
     python benchmarks/run.py --quick           # a slice on a smaller set (~10 min on 2 idle cores)
     python benchmarks/run.py --smoke           # the plumbing on a few images (~2 min)
     python benchmarks/run.py --rows slim-50,scratch-50 --seeds 3
+    python benchmarks/run.py --rows teacher-v8s --workers 1 --threads 2   # one long training on both cores
     python benchmarks/run.py --no-train        # RESULTS.md from the rows recorded so far, the missing ones listed
 
 Every variant starts from a YOLOv8n baseline trained here from scratch for E epochs (cached under a key of the data,
@@ -75,6 +76,7 @@ class Config:
     workers: int  # trainings side by side
     work: Path
     batch: int = 16
+    threads: int | None = None  # torch threads per training; None: Ultralytics' own (its cpu_count - 1)
 
     def train_args(self) -> dict[str, Any]:
         """Arguments of every training, the same for all rows; `nbs=batch` gives an optimizer step per batch."""
@@ -660,10 +662,16 @@ def work(cfg: Config, data: str, job: Job, deps: dict[str, dict]) -> None:
         os.dup2(fd, stream.fileno())
     if job.source is not None and package_hash() != job.source:  # the key would name results of other code
         raise RuntimeError("ultralytics_slim changed since this benchmark started; run it again to redo its rows")
+    import torch
+    from ultralytics.utils import torch_utils
+
+    if cfg.threads:  # Ultralytics' device selection sets torch's threads to this module constant
+        torch_utils.NUM_THREADS = cfg.threads
     t = time.perf_counter()
     row = row_specs(cfg)[job.row]
     record = row.run(Ctx(cfg, data, job, deps, row.epochs, row.train))
     record |= {"row": job.row, "seed": job.seed, "key": job.key, "job_s": time.perf_counter() - t}
+    record["threads"] = torch.get_num_threads()  # not in the key: other threads sum floats in another order only
     path = record_path(cfg, job)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -1093,7 +1101,7 @@ def machine() -> str:
     return (
         f"- CPU: {info.get('Model name', platform.processor()).strip()}, {os.cpu_count()} cores visible; "
         f"flags: {', '.join(isa)} (no {', '.join(missing) or '-'}); Ultralytics trains and validates in torch on "
-        f"{NUM_THREADS} thread(s) (its cpu_count - 1)\n"
+        f"{NUM_THREADS} thread(s) (its cpu_count - 1) unless `--threads` said otherwise (each record has its own)\n"
         f"- Versions: {', '.join(versions)}\n"
         f"- Plugin code: source hash {package_hash()[:10]} (every slim row's record is keyed by it: rows recorded with "
         "other code are not shown)\n"
@@ -1167,7 +1175,7 @@ def make_config(args: argparse.Namespace) -> Config:
     sizes = {k: getattr(args, k) for k in ("n_train", "n_val", "imgsz") if getattr(args, k) is not None}
     preset["data"] = replace(preset["data"], **sizes)
     work = Path(args.work).resolve() if args.work else HERE / ".work"
-    return Config(mode=args.mode, workers=args.workers, work=work, **preset)
+    return Config(mode=args.mode, workers=args.workers, work=work, threads=args.threads, **preset)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1190,6 +1198,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--imgsz", type=int, help="override the image size of the set and the training")
     p.add_argument("--runs", type=int, help="timed latency runs per model, runtime and size")
     p.add_argument("--workers", type=int, default=2, help="trainings side by side (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per training (default: Ultralytics' cpu_count - 1); "
+        "e.g. 2 for one long training on 2 idle cores; recorded, not in the key",
+    )
     p.add_argument("--work", help="cache folder (default benchmarks/.work)")
     p.add_argument("--no-train", action="store_true", help="report from the stored records only (missing rows listed)")
     p.add_argument("--out", help="where RESULTS.md and the plots go (default: benchmarks/ for the full matrix as "

@@ -9,6 +9,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 import json
 import sys
 from copy import deepcopy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,8 @@ def test_plan_keys_follow_what_decides_a_result(tmp_path: Path) -> None:
     assert again["baseline@0"].key == jobs["baseline@0"].key  # the baseline does not depend on F
     assert again["slim-50@0"].key != jobs["slim-50@0"].key
     assert jobs["baseline@0"].source is None and jobs["slim-50@0"].source == bench.package_hash()
+    threads = bench.plan(replace(cfg, threads=2), bench.row_specs(cfg))  # the order of float sums only
+    assert {j: job.key for j, job in threads.items()} == {j: job.key for j, job in jobs.items()}
     teacher = _cfg(tmp_path, rows=("teacher-v8s",), seeds=3)
     assert set(bench.plan(teacher, bench.row_specs(teacher))) == {"baseline@0", "teacher-v8s@0"}  # ratios need it
     variants = _cfg(tmp_path, rows=("slim-50-r16", "slim-50-lamp"), seeds=3)  # slim-50 but for one setting
@@ -158,13 +161,14 @@ def test_benchmark_runs_reuses_rows_and_reports_spread(tmp_path: Path) -> None:
     args = [
         *("--smoke", "--rows", "baseline+F", "--epochs", "1", "--finetune", "2", "--runs", "2"),
         *("--n-train", "8", "--n-val", "4", "--imgsz", "64"),
-        *("--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")),
+        *("--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--threads", "2"),
     ]
     bench.main(args)
     records = sorted((tmp_path / "work" / "records").glob("*.json"))
     assert [p.name.split("-")[0] for p in records] == ["baseline+F@0", "baseline+F@1", "baseline@0"]
     rec = json.loads(records[0].read_text())
     assert len(rec["curve"]) == 2 and rec["onnx640"] and rec["params"] > 1e6
+    assert rec["threads"] == 2  # what torch ran with, not Ultralytics' cpu_count - 1
     text = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "| **baseline+F** |" in text and " ± " in text and "ORT ms 640" in text
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and (tmp_path / "out" / "pareto.png").exists()
