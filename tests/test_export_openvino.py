@@ -20,7 +20,8 @@ from ultralytics import YOLO
 from ultralytics.utils.torch_utils import strip_qat
 
 from ultralytics_slim.errors import SlimDependencyError
-from ultralytics_slim.techniques.qat import export_int8_onnx, export_int8_openvino
+from ultralytics_slim.qdq import fold_weight_qdq
+from ultralytics_slim.techniques.qat import export_int8_openvino
 
 ov = pytest.importorskip("openvino")
 
@@ -30,15 +31,17 @@ OV_CONFIG = {"INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": "f32"}  # f
 
 @pytest.fixture(scope="module")
 def exports(qat_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """One checkpoint exported to OpenVINO, to the INT8 ONNX that onnxruntime runs, and as a float ONNX model."""
+    """One checkpoint exported to OpenVINO, to the Q/DQ ONNX graph it is converted from (the stock export with INT8
+    weights), and as a float ONNX model."""
     tmp = tmp_path_factory.mktemp("openvino")
     weights = Path(shutil.copy(qat_weights, tmp / "qat.pt"))
     ov_dir = export_int8_openvino(weights, imgsz=IMGSZ, simplify=False)
-    int8 = export_int8_onnx(weights, imgsz=IMGSZ, simplify=False).rename(tmp / "int8.onnx")
+    qdq = Path(YOLO(weights).export(format="onnx", imgsz=IMGSZ, simplify=False)).rename(tmp / "qdq.onnx")
+    fold_weight_qdq(qdq)
     float_model = YOLO(weights)
     strip_qat(float_model.model)
     fp32 = Path(float_model.export(format="onnx", imgsz=IMGSZ, simplify=False)).rename(tmp / "fp32.onnx")
-    return SimpleNamespace(weights=weights, ov_dir=ov_dir, int8=int8, fp32=fp32)
+    return SimpleNamespace(weights=weights, ov_dir=ov_dir, qdq=qdq, fp32=fp32)
 
 
 def _quantized_convs(path: Path) -> list[str]:
@@ -81,16 +84,16 @@ def test_openvino_export_has_the_stock_layout_and_metadata(exports: SimpleNamesp
     assert model.get_rt_info(["model_info", "labels"]).astype(str) == "circle square triangle"
     assert {op.get_type_name() for op in model.get_ops()} >= {"FakeQuantize", "Convolution"}
     consts = [op.get_element_type() for op in model.get_ops() if op.get_type_name() == "Constant"]
-    assert consts.count(ov.Type.i8) == len(_quantized_convs(exports.int8))  # INT8 weights in the .bin, not FP32
+    assert consts.count(ov.Type.i8) == len(_quantized_convs(exports.qdq))  # INT8 weights in the .bin, not FP32
     assert (ov_dir / "qat.bin").stat().st_size < 0.35 * exports.fp32.stat().st_size
 
 
 def test_openvino_runs_the_learned_int8_ranges_in_int8(exports: SimpleNamespace) -> None:
     """Every convolution the Q/DQ graph quantizes runs in INT8, with the same rounding as onnxruntime's Q/DQ model."""
-    convs = _quantized_convs(exports.int8)
+    convs = _quantized_convs(exports.qdq)
     x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
     (y_ov, *convs_ov), precisions = _openvino(exports.ov_dir, x, convs)
-    y_int8, *convs_int8 = _ort(exports.int8, x, convs)
+    y_int8, *convs_int8 = _ort(exports.qdq, x, convs)
     _, *convs_fp32 = _ort(exports.fp32, x, convs)
     assert len(convs) > 50 and sum(p in {"u8", "i8"} for p in precisions) == len(convs), precisions
     # The first convolution sees the image through the first learned quantizer: the same INT8 values in both runtimes,
@@ -104,15 +107,15 @@ def test_openvino_runs_the_learned_int8_ranges_in_int8(exports: SimpleNamespace)
 def test_stock_yolo_predicts_and_validates_the_openvino_dir(
     exports: SimpleNamespace, detect_data: str, tmp_path: Path
 ) -> None:
-    """`YOLO(dir)` and `yolo val model=dir` read it as any Ultralytics OpenVINO export, with the INT8 ONNX's results."""
+    """`YOLO(dir)` and `yolo val model=dir` read it as any Ultralytics OpenVINO export, with the Q/DQ ONNX's results."""
     kwargs = {"data": detect_data, "imgsz": IMGSZ, "batch": 1, "plots": False, "project": str(tmp_path)}
-    on_ov, on_onnx = (YOLO(f).val(**kwargs).results_dict for f in (exports.ov_dir, exports.int8))
+    on_ov, on_onnx = (YOLO(f).val(**kwargs).results_dict for f in (exports.ov_dir, exports.qdq))
     assert set(on_ov) == set(on_onnx) and all(np.isfinite(v) for v in on_ov.values())
     assert all(abs(on_ov[k] - on_onnx[k]) < 0.01 for k in on_ov), (on_ov, on_onnx)
     image = next((Path(detect_data).parent / "images" / "val").glob("*"))
     ov_boxes, onnx_boxes = (
         YOLO(f).predict(image, imgsz=IMGSZ, conf=0.001, device="cpu", verbose=False)[0].boxes
-        for f in (exports.ov_dir, exports.int8)
+        for f in (exports.ov_dir, exports.qdq)
     )
     assert len(ov_boxes) == len(onnx_boxes) > 0  # an untrained head still proposes boxes at conf 0.001
     np.testing.assert_allclose(ov_boxes.xyxy.numpy(), onnx_boxes.xyxy.numpy(), atol=0.5)

@@ -17,16 +17,19 @@ from ultralytics_slim._cli import stdout_for_result_only
 from ultralytics_slim.errors import SlimError
 
 PROG = "python -m ultralytics_slim.export"
-HELP = f"""usage: {PROG} model=path/to/best.pt [format=onnx] [imgsz=640] [key=value ...]
+HELP = f"""usage: {PROG} model=path/to/best.pt [format=onnx] [imgsz=640] [data=data.yaml] [key=value ...]
 
 Export a QAT checkpoint (from a run whose slim recipe has a 'quantize' section, or from quantize=8) with its learned
 INT8 ranges, next to it, and print the written path.
 
 arguments:
   model=PATH       the checkpoint, e.g. runs/detect/train/weights/best.pt
-  format=onnx      onnx: best.onnx with INT8 weights and Q/DQ activations (onnxruntime; OpenVINO reads it too)
+  format=onnx      onnx: best.onnx that onnxruntime runs with integer convolutions (INT8 weights, uint8
+                     activations)
                    openvino: best_int8_openvino_model/, an OpenVINO model that `yolo val model=...` reads
   imgsz=640        input size of the exported model
+  data=DATA.yaml   onnx: the data set whose images (128, of split=train) calibrate the convolution outputs;
+                     default: the one the checkpoint trained on
   key=value        any other `yolo export` argument, e.g. dynamic=True simplify=False
 """
 

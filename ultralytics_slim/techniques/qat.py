@@ -20,12 +20,14 @@ from ultralytics.utils.patches import override_configs
 from ultralytics.utils.torch_utils import is_qat, prepare_qat, unwrap_model
 
 from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
+from ultralytics_slim.qdq import fold_weight_qdq, integer_convs
 from ultralytics_slim.recipe import QuantizeConfig
 from ultralytics_slim.techniques.base import Technique
 
 PREFIX = colorstr("Slim: ")
 INSTALL = 'pip install "ultralytics-slim[qat]"'
 MOSAIC_AUGMENT = ("mosaic", "copy_paste", "mixup", "cutmix")  # what the trainer's close_mosaic switches off
+CALIB_IMAGES = 128  # images that calibrate the INT8 ONNX's convolution outputs
 
 
 def require_modelopt() -> None:
@@ -79,27 +81,60 @@ class QuantizeTechnique(Technique):
 
 
 def export_int8_onnx(weights: str | Path, imgsz: int = 640, **kwargs: Any) -> Path:
-    """Export a QAT checkpoint to an ONNX graph with INT8 weights, Q/DQ activations and Ultralytics metadata.
+    """Export a QAT checkpoint to an ONNX graph that onnxruntime runs with integer convolutions, with Ultralytics
+    metadata.
 
     Ultralytics' exporter already emits the learned ranges as Q/DQ nodes for a model carrying ModelOpt quantizers, so
     this loads the checkpoint (which re-applies its `modelopt` state), refuses a float checkpoint, for which the stock
-    exporter would silently write a float graph, and then stores the weights as INT8 (see `_fold_weight_qdq`).
+    exporter would silently write a float graph, stores the weights as INT8 (`qdq.fold_weight_qdq`), and then adds what
+    onnxruntime needs to run the convolutions as integer kernels: output ranges calibrated on `CALIB_IMAGES` images
+    of the `data` set's `split` (`qdq.integer_convs`).
 
     Args:
         weights (str | Path): A checkpoint written by a QAT run, e.g. `runs/detect/train/weights/best.pt`.
         imgsz (int): Input image size of the exported graph.
-        **kwargs (Any): Further `model.export` arguments, e.g. `dynamic=True`, `opset=17`, `simplify=False`.
+        **kwargs (Any): Further `model.export` arguments, e.g. `dynamic=True`, `opset=17`, `simplify=False`; `data`
+            (default: the data set the checkpoint trained on) and `split` (default 'train') name the calibration
+            images.
 
     Returns:
         (Path): The written `.onnx` file, next to the checkpoint, about 4x smaller than the float export.
 
     Raises:
-        ValueError: If `weights` is not a QAT checkpoint or `format` is not 'onnx'.
+        ValueError: If `weights` is not a QAT checkpoint, `format` is not 'onnx' or `data` is not found.
         SlimDependencyError: If nvidia-modelopt is not installed.
     """
     if (fmt := kwargs.pop("format", "onnx")) != "onnx":
         raise ValueError(f"export_int8_onnx writes ONNX only, got format={fmt!r}")
-    return _export_qdq_onnx(weights, imgsz, "onnx", **kwargs)[0]
+    model = _qat_model(weights, "onnx")
+    kwargs["data"] = _calibration_data(model, kwargs.get("data"))
+    kwargs.setdefault("split", "train")  # not the images a user validates on
+    path, exporter = _export_qdq_onnx(model, imgsz, **kwargs)
+    loader = exporter.get_int8_calibration_dataloader(PREFIX)
+    images = (
+        b["img"].float().div(255).numpy() for b, _ in zip(loader, range(max(CALIB_IMAGES // loader.batch_size, 1)))
+    )
+    count = integer_convs(path, images)
+    LOGGER.info(
+        f"{PREFIX}onnxruntime runs {count['integer']} convolutions in INT8 ({count['float']} of the stem in float)"
+    )
+    return path
+
+
+def _calibration_data(model: Any, data: str | None) -> str:
+    """The data set whose images calibrate the convolution outputs: `data`, or the one the checkpoint trained on."""
+    from ultralytics.utils.checks import check_file
+
+    data = data or (model.ckpt.get("train_args") or {}).get("data")
+    try:
+        if data:
+            return check_file(str(data), download=False)
+    except FileNotFoundError:
+        pass
+    raise ValueError(
+        f"data={data}: not found. The INT8 ONNX export calibrates the convolution outputs on {CALIB_IMAGES} images "
+        "for onnxruntime's integer kernels: pass data=path/to/data.yaml"
+    )
 
 
 def export_int8_openvino(weights: str | Path, imgsz: int = 640, **kwargs: Any) -> Path:
@@ -136,7 +171,7 @@ def export_int8_openvino(weights: str | Path, imgsz: int = 640, **kwargs: Any) -
         ) from None
     weights = Path(weights)
     with TemporaryDirectory() as tmp:  # the intermediate ONNX file must not replace a best.onnx next to the weights
-        onnx_path, exporter = _export_qdq_onnx(weights, imgsz, "openvino", into=Path(tmp), **kwargs)
+        onnx_path, exporter = _export_qdq_onnx(_qat_model(weights, "openvino"), imgsz, into=Path(tmp), **kwargs)
         model = ov.convert_model(str(onnx_path))
     formats = export_formats()
     keys = dict(zip(formats["Argument"], formats["Arguments"]))["openvino"]  # the arguments stock OpenVINO records
@@ -158,14 +193,9 @@ def export_int8_openvino(weights: str | Path, imgsz: int = 640, **kwargs: Any) -
     return out
 
 
-def _export_qdq_onnx(
-    weights: str | Path, imgsz: int, fmt: str, into: Path | None = None, **kwargs: Any
-) -> tuple[Path, Any]:
-    """The checkpoint's Q/DQ ONNX export with INT8 weights, and the exporter that wrote it (its metadata and args).
-
-    `fmt` is the format the user asked for, named in the error for a float checkpoint. The file is written next to the
-    checkpoint, or into the folder `into`.
-    """
+def _qat_model(weights: str | Path, fmt: str) -> Any:
+    """The checkpoint as a `YOLO` model with its quantizers; `fmt`, the format asked for, is named in the error for a
+    float checkpoint."""
     from ultralytics import YOLO
 
     require_modelopt()  # loading a QAT checkpoint without it would make Ultralytics try to pip-install it
@@ -176,58 +206,18 @@ def _export_qdq_onnx(
             f"that has a 'quantize' section, or with quantize=8; for post-training INT8 of a float model use "
             f"'yolo export model={weights} format={fmt} quantize=8 data=...'."
         )
+    return model
+
+
+def _export_qdq_onnx(model: Any, imgsz: int, into: Path | None = None, **kwargs: Any) -> tuple[Path, Any]:
+    """The QAT model's Q/DQ ONNX export with INT8 weights, and the exporter that wrote it (its metadata and args).
+
+    The file is written next to the checkpoint, or into the folder `into`.
+    """
     if into is not None:
-        model.model.pt_path = str(into / Path(weights).name)  # the exporter names its output after this path
+        model.model.pt_path = str(into / Path(model.ckpt_path).name)  # the exporter names its output after this path
     exporters = []
     model.add_callback("on_export_end", exporters.append)
     path = Path(model.export(format="onnx", imgsz=imgsz, **kwargs))
-    _fold_weight_qdq(path)
+    fold_weight_qdq(path)
     return path, exporters[-1]
-
-
-def _fold_weight_qdq(path: Path) -> None:
-    """Rewrite each `float initializer -> QuantizeLinear -> DequantizeLinear` as `int8 initializer -> DequantizeLinear`.
-
-    The stock exporter keeps every weight as an FP32 initializer that is quantized at run time, so the file is as large
-    as the float one. Quantizing it once here, as ONNX QuantizeLinear defines it (per-axis scale, round half to even,
-    saturate), gives the same INT8 values the runtime would compute, in a quarter of the bytes. Activation Q/DQ, which
-    have no constant input, and the model's metadata_props stay as they are.
-    """
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consts = {n.output[0]: n.attribute[0] for n in graph.node if n.op_type == "Constant"}
-    consts = {k: a.t for k, a in consts.items() if a.name == "value"} | inits  # scales and zero points are Constants
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-    folded = []
-    for node in graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (
-            node.op_type != "QuantizeLinear"
-            or node.input[0] not in inits  # an activation quantizer
-            or inits[node.input[0]].data_type not in floats
-            or len(node.input) < 3
-            or not all(i in consts for i in node.input[1:])
-            or attrs.get("block_size")  # blocked quantization (opset 21) broadcasts differently
-        ):
-            continue
-        w, scale, zp = (numpy_helper.to_array(consts[i]) for i in node.input)
-        if zp.dtype not in (np.int8, np.uint8, np.int16, np.uint16):
-            continue  # int4 is packed and float8 rounds differently: leave those to the runtime
-        if scale.ndim:  # per-axis: a 1-D scale and zero point along `axis`
-            shape = [-1 if d == attrs.get("axis", 1) % w.ndim else 1 for d in range(w.ndim)]
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        info = np.iinfo(zp.dtype)
-        q = np.clip(np.rint(w / scale) + zp.astype(np.int64), info.min, info.max).astype(zp.dtype)
-        graph.initializer.append(numpy_helper.from_array(q, node.output[0]))  # consumers read it under the Q's name
-        folded.append(node)
-    for node in folded:
-        graph.node.remove(node)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for name in {n.input[0] for n in folded} - used:  # a float weight that only its quantizer read
-        graph.initializer.remove(inits[name])
-    onnx.save(model, str(path))
