@@ -60,9 +60,11 @@ def _meta(path: Path) -> dict[str, str]:
 
 
 def _quantized_float_weights(path: Path) -> list[str]:
-    """Float initializers that a QuantizeLinear reads: the weights the stock exporter leaves in FP32."""
+    """Float initializers that a QuantizeLinear reads, directly or through the exporter's Identity link to an equal
+    one: the weights the stock exporter leaves in FP32."""
     graph = onnx.load(str(path)).graph
     floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    floats |= {n.output[0] for n in graph.node if n.op_type == "Identity" and n.input[0] in floats}
     return [n.input[0] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in floats]
 
 
@@ -148,6 +150,20 @@ def test_onnxruntime_runs_the_int8_convolutions_as_integer_kernels(onnx_files: S
     x = np.random.default_rng(2).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
     y, y_ref = _run(onnx_files.int8, x), _run(onnx_files.folded, x)
     assert np.abs(y - y_ref).mean() < 0.02 * np.abs(y_ref).mean()  # 8-bit conv outputs, not a different network
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n.yaml", "yolo26n.yaml"])
+def test_integer_kernels_for_yolo11_and_yolo26(cfg: str, tmp_path: Path, detect_data: str) -> None:
+    """Their C3k2, attention and depthwise head convolutions, and weights the exporter stores once for several layers
+    (linked by Identity nodes), all become QLinearConv past the stem."""
+    YOLO(cfg).train(**train_args(tmp_path, data=detect_data, epochs=1, batch=8, quantize=8))
+    weights = tmp_path / "run" / "weights" / "best.pt"
+    graph = onnx.load(YOLO(weights).export(format="onnx", imgsz=IMGSZ, simplify=False)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    quantized = [n.name for n in graph.node if n.op_type == "Conv" and producer.get(n.input[0]) == "DequantizeLinear"]
+    stem = [n for n in quantized if n.split("/")[1] in {"model.0", "model.1", "model.2"}]  # strides 2 and 4 at 64 px
+    int8 = export_int8_onnx(weights, imgsz=IMGSZ, simplify=False)
+    assert len(quantized) > 60 and _optimized_ops(int8, tmp_path)["QLinearConv"] == len(quantized) - len(stem)
 
 
 def test_activations_to_uint8_keeps_every_value(onnx_files: SimpleNamespace, tmp_path: Path) -> None:

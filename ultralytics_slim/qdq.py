@@ -90,25 +90,15 @@ def fold_weight_qdq(path: Path) -> None:
     saturate), gives the same INT8 values the runtime would compute, in a quarter of the bytes. Activation Q/DQ, which
     have no constant input, and the model's metadata_props stay as they are.
     """
-    model = onnx.load(str(path))
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consts = {n.output[0]: n.attribute[0] for n in graph.node if n.op_type == "Constant"}
-    consts = {k: a.t for k, a in consts.items() if a.name == "value"} | inits  # scales and zero points are Constants
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    gr = _Graph(onnx.load(str(path)))
     folded = []
-    for node in graph.node:
+    for node in gr.g.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (
-            node.op_type != "QuantizeLinear"
-            or node.input[0] not in inits  # an activation quantizer
-            or inits[node.input[0]].data_type not in floats
-            or len(node.input) < 3
-            or not all(i in consts for i in node.input[1:])
-            or attrs.get("block_size")  # blocked quantization (opset 21) broadcasts differently
-        ):
-            continue
-        w, scale, zp = (numpy_helper.to_array(consts[i]) for i in node.input)
+        if node.op_type != "QuantizeLinear" or len(node.input) < 3 or attrs.get("block_size"):
+            continue  # blocked quantization (opset 21) broadcasts differently
+        w, scale, zp = (gr.value(i) for i in node.input)
+        if w is None or scale is None or zp is None or w.dtype.kind != "f":
+            continue  # an activation quantizer
         if zp.dtype not in (np.int8, np.uint8, np.int16, np.uint16):
             continue  # int4 is packed and float8 rounds differently: leave those to the runtime
         if scale.ndim:  # per-axis: a 1-D scale and zero point along `axis`
@@ -116,14 +106,11 @@ def fold_weight_qdq(path: Path) -> None:
             scale, zp = scale.reshape(shape), zp.reshape(shape)
         info = np.iinfo(zp.dtype)
         q = np.clip(np.rint(w / scale) + zp.astype(np.int64), info.min, info.max).astype(zp.dtype)
-        graph.initializer.append(numpy_helper.from_array(q, node.output[0]))  # consumers read it under the Q's name
+        gr.add(node.output[0], q)  # consumers read it under the Q's name
         folded.append(node)
     for node in folded:
-        graph.node.remove(node)
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for name in {n.input[0] for n in folded} - used:  # a float weight that only its quantizer read
-        graph.initializer.remove(inits[name])
-    onnx.save(model, str(path))
+        gr.g.node.remove(node)
+    gr.finish(path)  # a float weight that only its quantizer read goes
 
 
 def integer_convs(path: Path, images: Iterable[np.ndarray]) -> dict[str, int]:
