@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-FLOAT_BELOW_STRIDE = 8  # the stem (strides 2 and 4): most sensitive to 8-bit outputs, see `integer_convs`
+FLOAT_BELOW_STRIDE = 8  # the stem (strides 2 and 4) stays float, see `integer_convs`
 CALIB_SAMPLES = 2000  # values kept per convolution and image for choosing its output range
 LOWER_BOUNDS = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)  # candidate clips of a SiLU input's negative tail
 UPPER_PERCENTILES = (99.999, 99.99, 99.9)  # candidate clips of the positive tail, besides the maximum
@@ -124,8 +124,9 @@ def integer_convs(path: Path, images: Iterable[np.ndarray]) -> dict[str, int]:
       unclipped unless clipping measurably helps: large activations carry detections. Its bias becomes INT32 at the
       scale of input times weight, as `QLinearConv` takes it.
     - Convolutions whose output has a stride below `FLOAT_BELOW_STRIDE` (the stem) become float convolutions on the
-      float input, with the QAT-rounded weights: 8-bit outputs there cost the most accuracy (on a YOLOv8n QAT model,
-      rounding one stem output at a time changed the predictions most) for a few percent of the time.
+      float input, with the QAT-rounded weights: on the benchmark's QAT checkpoint an integer stem was both less
+      accurate and slower (its few channels at high resolution suit onnxruntime's float kernels better;
+      `benchmarks/int8.py --val` compares the two).
 
     Returns:
         (dict[str, int]): How many convolutions became `integer` and how many stayed `float`.
