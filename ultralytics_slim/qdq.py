@@ -82,6 +82,15 @@ class _Graph:
         onnx.save(self.model, str(path))
 
 
+def _along(node: onnx.NodeProto, w: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A Q/DQ node's scale and zero point shaped to broadcast against `w`: per tensor, or 1-D along its `axis`."""
+    if not scale.ndim:
+        return scale, zp
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1) % w.ndim
+    shape = [-1 if d == axis else 1 for d in range(w.ndim)]
+    return scale.reshape(shape), zp.reshape(shape)
+
+
 def fold_weight_qdq(path: Path) -> None:
     """Rewrite each `float initializer -> QuantizeLinear -> DequantizeLinear` as `int8 initializer -> DequantizeLinear`.
 
@@ -101,9 +110,7 @@ def fold_weight_qdq(path: Path) -> None:
             continue  # an activation quantizer
         if zp.dtype not in (np.int8, np.uint8, np.int16, np.uint16):
             continue  # int4 is packed and float8 rounds differently: leave those to the runtime
-        if scale.ndim:  # per-axis: a 1-D scale and zero point along `axis`
-            shape = [-1 if d == attrs.get("axis", 1) % w.ndim else 1 for d in range(w.ndim)]
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        scale, zp = _along(node, w, scale, zp)
         info = np.iinfo(zp.dtype)
         q = np.clip(np.rint(w / scale) + zp.astype(np.int64), info.min, info.max).astype(zp.dtype)
         gr.add(node.output[0], q)  # consumers read it under the Q's name
@@ -247,9 +254,8 @@ def _to_float(gr: _Graph, conv: onnx.NodeProto) -> None:
     """A float convolution: the float tensor before the input's Q/DQ, the weight as its QAT-rounded float values."""
     w_dq = gr.producer[conv.input[1]]
     w, scale, zp = (gr.value(i) for i in w_dq.input)
-    axis = next((helper.get_attribute_value(a) for a in w_dq.attribute if a.name == "axis"), 1)
-    shape = [-1 if d == axis % w.ndim else 1 for d in range(w.ndim)] if scale.ndim else [1] * w.ndim
-    weight = (w.astype(np.float32) - zp.reshape(shape).astype(np.float32)) * scale.reshape(shape)
+    scale, zp = _along(w_dq, w, scale, zp)
+    weight = (w.astype(np.float32) - zp.astype(np.float32)) * scale
     conv.input[1] = gr.add(f"{conv.input[1]}_float", weight.astype(np.float32))
     if (q := gr.made_by(gr.producer[conv.input[0]].input[0], "QuantizeLinear")) is not None:
         conv.input[0] = q.input[0]
