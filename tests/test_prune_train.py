@@ -179,6 +179,21 @@ def test_taylor_ranks_with_the_runs_own_loss(tmp_path, detect_data, cfg):
     assert "more than max_step_cut=0.5 of a layer" in (tmp_path / "run" / "report.md").read_text()
 
 
+def test_cost_aware_reaches_the_pruning_step_and_the_report(tmp_path, detect_data):
+    """`cost_aware: true` in the stock loop: the same MACs target keeps more parameters (the cheap deep channels), and
+    the report's per-layer section says how channels were ranked."""
+    params = {}
+    for aware in (False, True):
+        args = train_args(tmp_path, f"aware{aware}", data=detect_data)
+        YOLO("yolov8n.yaml").train(**args, slim={"prune": {**ONE_STEP["prune"], "cost_aware": aware}})
+        pruned = load_checkpoint(tmp_path / f"aware{aware}" / "weights" / "best.pt")[0]
+        assert 0.49 <= macs_ratio(type(pruned)("yolov8n.yaml", nc=pruned.nc, verbose=False), pruned) <= 0.51
+        params[aware] = pruning.count_macs_params(pruned)[1]
+        said = "per MAC a channel costs (cost_aware)" in (tmp_path / f"aware{aware}" / "report.md").read_text()
+        assert said == aware
+    assert params[True] > 1.2 * params[False]
+
+
 def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, caplog):
     """A step inside Ultralytics' warmup turns it off (said in the console); a warmup the user asks for is kept."""
     args = train_args(tmp_path, data=detect_data, deterministic=True, seed=0)

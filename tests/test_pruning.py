@@ -269,6 +269,24 @@ def test_max_cut_spreads_a_step_unless_the_target_needs_more(ratio: float) -> No
     assert worst[0.5] <= 0.5 if ratio == 0.8 else worst[0.5] > 0.5  # halving every layer leaves ~25% of the MACs
 
 
+def test_cost_aware_ranking_cuts_costly_layers_first() -> None:
+    """Ranked per MAC, the same MACs target takes more from the high-resolution layers, where a channel costs the most
+    MACs, and so keeps more of the cheap deep ones: more parameters at the same MACs."""
+    macs = pruning.count_macs_params(build("yolov8n.yaml"))[0]
+    results = {}
+    for cost_aware in (False, True):
+        r = pruning.prune_to(build("yolov8n.yaml"), "macs", 0.5 * macs, importance="l2", cost_aware=cost_aware)
+        assert 0.99 * 0.5 * macs <= r.macs_after <= 0.5 * macs
+        results[cost_aware] = r
+    plain, aware = results[False], results[True]
+    assert aware.params_after > 1.2 * plain.params_after
+    kept = {k: {n: r.channels_after[n] / r.channels_before[n] for n in ("model.1.conv", "model.7.conv")}
+            for k, r in results.items()}  # fmt: skip
+    assert kept[True]["model.1.conv"] < kept[True]["model.7.conv"]  # stride 4 gives more than stride 32
+    assert kept[True]["model.1.conv"] < kept[False]["model.1.conv"]
+    assert kept[True]["model.7.conv"] > kept[False]["model.7.conv"]
+
+
 def test_helpers_leave_the_model_alone() -> None:
     model = build("yolo26n.yaml").train()
     head = model.model[-1]

@@ -133,6 +133,7 @@ def prune_to(
     imgsz: int = 64,
     seed: int = 0,
     max_cut: float = 1.0,
+    cost_aware: bool = False,
 ) -> PruneResult:
     """Prune `model` IN PLACE until its MACs (or params) are <= `target` and within ~1% of it.
 
@@ -141,9 +142,11 @@ def prune_to(
     LAMP normalization, kept the most mAP in benchmarks/importance.py); every layer keeps at least `min_channels` and a
     multiple of `round_to`. No layer loses more than `max_cut` of its channels while other layers still can give what
     the target needs (the ranking scores channels one at a time, and a layer emptied at once can become the
-    network's bottleneck). Deterministic for the same weights, so every DDP rank takes the same decision. The model
-    keeps its Python identity, train/eval mode, device and dtype; afterwards it holds only stock Ultralytics classes
-    with consistent attributes, and head outputs keep their shapes.
+    network's bottleneck). With `cost_aware`, a run of channels ranks by its importance per MAC (or param) it costs, so
+    a MACs target takes more from wide high-resolution layers and keeps the cheap deep ones. Deterministic for the same
+    weights, so every DDP rank takes the same decision. The model keeps its Python identity, train/eval mode, device
+    and dtype; afterwards it holds only stock Ultralytics classes with consistent attributes, and head outputs keep
+    their shapes.
 
     Raises:
         SlimConfigError: unknown kind/importance, or a target below what the floors allow (the model is unchanged).
@@ -166,7 +169,9 @@ def prune_to(
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
         now = macs0 if kind == "macs" else params0
-        plan, reached = _plan(model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut)
+        plan, reached = _plan(
+            model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut, cost_aware
+        )
         if reached > target:
             raise SlimConfigError(
                 f"cannot prune {kind} to {target / now:.3f} of the current model: the floor is {reached / now:.3f} "
@@ -743,6 +748,7 @@ def _plan(
     min_channels: int,
     seed: int,
     max_cut: float = 1.0,
+    cost_aware: bool = False,
     tolerance: float = 0.01,
 ) -> tuple[list[tuple[_Unit, torch.Tensor]], float]:
     """Greedy global plan: drop the least important blocks until the exact cost is <= target.
@@ -758,8 +764,12 @@ def _plan(
         torch.manual_seed(seed)
         scores = [_unit_scores(u, imp) for u in an.units]
     blocks = [b for i, (u, s) in enumerate(zip(an.units, scores)) for b in _blocks(u, s, round_to, min_channels, i)]
-    blocks.sort(key=lambda b: (b.frac > max_cut, b.score, b.frac, b.unit))
     cost = _Cost(model, an.areas, kind)
+    if cost_aware:  # mean importance per unit of cost of each channel, at the widths before this step
+        for b in blocks:
+            saved = cost.total - cost.remove(an.units[b.unit], b.channels, commit=False)
+            b.score *= len(b.channels) / max(saved, 1e-12)
+    blocks.sort(key=lambda b: (b.frac > max_cut, b.score, b.frac, b.unit))
     removed: dict[int, list[torch.Tensor]] = {}
     skipped: dict[int, tuple[float, _Block]] = {}  # first block of a unit that would undershoot the window
     for b in blocks:

@@ -173,6 +173,11 @@ class PruneConfig(PhaseConfig):
         description="most of a layer's channels one step removes while other layers can still give what the step "
         "needs: a layer emptied at once can become the network's bottleneck (1.0: the ranking alone decides)",
     )
+    cost_aware: bool = Field(
+        False,
+        description="rank runs of channels by importance per MAC (per param for a params target) they cost, not by "
+        "importance alone: a MACs target then takes more from wide high-resolution layers, keeps the cheap deep ones",
+    )
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
     lr_scale: float = Field(
         1.0,

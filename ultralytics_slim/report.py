@@ -286,8 +286,13 @@ def _layers(r: _Run) -> list[str]:
         doc = " ".join((IMPORTANCES[cfg.importance].__doc__ or "").split()).rstrip(".")  # one line, however wrapped
         doc = doc if doc[1:2].isupper() else doc[:1].lower() + doc[1:]  # mid-sentence, acronyms (LAMP) kept
         how = (
-            f"Channels were ranked by importance `{cfg.importance}`: {doc}. The ranking spans "
-            "all layers at once, so a layer loses channels when its scores are low against the rest of the network; "
+            f"Channels were ranked by importance `{cfg.importance}`: {doc}. The ranking spans all layers at once"
+            + (
+                f", per {'param' if cfg.target.kind == 'params' else 'MAC'} a channel costs (cost_aware)"
+                if cfg.cost_aware
+                else ""
+            )
+            + ", so a layer loses channels when its scores are low against the rest of the network; "
             f"every layer keeps at least min_channels={cfg.min_channels} and a multiple of round_to={cfg.round_to}"
             + (
                 f"; one step takes more than max_step_cut={cfg.max_step_cut:g} of a layer only when the other layers "

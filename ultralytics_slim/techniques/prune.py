@@ -44,6 +44,7 @@ def macs_for_latency(
     importance: str,
     seed: int,
     max_cut: float = 1.0,
+    cost_aware: bool = False,
     **kwargs: Any,
 ) -> tuple[float, float, float]:
     """The MACs target whose pruned model runs in at most `goal` of the starting latency (closest from below).
@@ -51,8 +52,8 @@ def macs_for_latency(
     Latency follows MACs only roughly (per-op overheads, channel counts a kernel likes), so candidates are pruned
     on a copy and timed by `measure` (latency ratio to the starting model, ms): a proportional first guess, then
     bisection refined by the measured ratio. When no candidate gets under the goal, the fastest one measured is taken
-    with a warning, never the floor: a noisy reading must not strip the model. `max_cut` and `kwargs` (round_to,
-    min_channels, ignore) go to `prune_to`; benchmarks/latency.py runs this search outside training.
+    with a warning, never the floor: a noisy reading must not strip the model. `max_cut`, `cost_aware` and `kwargs`
+    (round_to, min_channels, ignore) go to `prune_to`; benchmarks/latency.py runs this search outside training.
     Returns (MACs target, its latency ratio, its latency in ms).
     """
     macs = pruning.count_macs_params(model)[0]
@@ -66,7 +67,8 @@ def macs_for_latency(
         candidate = deepcopy(model)
         for p, q in zip(model.parameters(), candidate.parameters()):
             q.grad = p.grad  # a gradient criterion ranks the copy as it would the model (pruning slices, never writes)
-        pruning.prune_to(candidate, "macs", r * macs, importance=importance, seed=seed, max_cut=max_cut, **kwargs)
+        rank = {"importance": importance, "max_cut": max_cut, "cost_aware": cost_aware}
+        pruning.prune_to(candidate, "macs", r * macs, seed=seed, **rank, **kwargs)
         ratio, ms = measure(candidate)
         fastest = min(fastest or (r, ratio, ms), (r, ratio, ms), key=lambda c: c[1])
         if ratio <= goal:
@@ -265,22 +267,18 @@ class PruneTechnique(Technique):
         model = unwrap_model(trainer.model)
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
-        cut = self.cfg.max_step_cut
+        rank = {"importance": self.cfg.importance, "max_cut": self.cfg.max_step_cut, "cost_aware": self.cfg.cost_aware}
         for i in due:
             t = time.perf_counter()
             if self.cfg.importance in NEEDS_GRADIENTS:
                 loss_gradients(model, trainer)
             goal = self.cfg.target.ratio ** ((i + 1) / len(self.events))
             if self.cfg.target.kind == "latency":  # a MACs target found by timing candidates
-                macs, ratio, ms = macs_for_latency(
-                    model, goal, self._measure, importance=self.cfg.importance, seed=i, max_cut=cut, **self._kwargs()
-                )
+                macs, ratio, ms = macs_for_latency(model, goal, self._measure, seed=i, **rank, **self._kwargs())
                 kind, target, timed = "macs", macs, {"latency": round(ms, 3), "latency_ratio": round(ratio, 4)}
             else:
                 kind, target, timed = self.cfg.target.kind, self.base * goal, {}
-            result = pruning.prune_to(
-                model, kind, target, importance=self.cfg.importance, seed=i, max_cut=cut, **self._kwargs()
-            )
+            result = pruning.prune_to(model, kind, target, seed=i, **rank, **self._kwargs())
             model.zero_grad(set_to_none=True)
             self.done = i + 1
             for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
