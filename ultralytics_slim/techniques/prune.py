@@ -63,11 +63,11 @@ def macs_for_latency(
     lo, hi = pruning.min_keep_ratio(model, "macs", **kwargs), 1.0
     r = max(goal / now, lo)
     below = fastest = None  # (fraction of the current MACs, latency ratio, ms)
+    rank = {"importance": importance, "max_cut": max_cut, "cost_aware": cost_aware}
     for _ in range(SEARCH_STEPS):
         candidate = deepcopy(model)
         for p, q in zip(model.parameters(), candidate.parameters()):
             q.grad = p.grad  # a gradient criterion ranks the copy as it would the model (pruning slices, never writes)
-        rank = {"importance": importance, "max_cut": max_cut, "cost_aware": cost_aware}
         pruning.prune_to(candidate, "macs", r * macs, seed=seed, **rank, **kwargs)
         ratio, ms = measure(candidate)
         fastest = min(fastest or (r, ratio, ms), (r, ratio, ms), key=lambda c: c[1])
