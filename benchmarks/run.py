@@ -418,7 +418,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     lamp = {"importance": "lamp", "lr_scale": 3.0}  # the former default
     five = {"steps": 5, "end": 0.5}  # smaller cuts, less fine-tuning after the last
     uncapped = {"max_step_cut": 1.0}  # the former default: the ranking alone decides how much of a layer one step takes
-    per_mac = {"cost_aware": True}  # importance per MAC: wide high-resolution layers give first
+    per_mac = {"allocation": "cost"}  # importance per MAC: wide high-resolution layers give first
+    uniform = {"allocation": "uniform"}  # every layer gives the same fraction: YOLOv8s keeps YOLOv8n's proportions
     for name, pct, change, what in (  # prune.yaml with one setting changed, to compare with slim-{pct}
         ("slim-50-lamp", 50, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-r16", 50, {"round_to": 16}, "round_to 16"),  # x86 runtimes compute convolutions in 16-channel blocks
@@ -427,7 +428,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-30-lamp", 30, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-uncapped", 50, uncapped, "max_step_cut 1.0 (the former default)"),
         ("slim-30-uncapped", 30, uncapped, "max_step_cut 1.0 (the former default)"),
-        ("slim-50-ca", 50, per_mac, "cost_aware (importance per MAC)"),
+        ("slim-50-ca", 50, per_mac, "allocation cost (importance per MAC)"),
+        ("slim-50-uniform", 50, uniform, "allocation uniform (the same fraction of every layer)"),
     ):
         variant = recipe("prune.yaml", pct / 100, prune=change)
         what = f"prune.yaml, {pct}% MACs, {what} ({phases(variant, F)})"
@@ -459,6 +461,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_s5 = recipe("prune.yaml", to_v8n, prune=five)
     v8s_slim_uncapped = recipe("prune.yaml", to_v8n, prune=uncapped)
     v8s_slim_ca = recipe("prune.yaml", to_v8n, prune=per_mac)
+    v8s_slim_uniform = recipe("prune.yaml", to_v8n, prune=uniform)
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
@@ -498,8 +501,11 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  f"v8s-slim with max_step_cut 1.0 (the former default) ({phases(v8s_slim_uncapped, F)})",
                  claim=True, cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-ca", v8s_slim_ca,
-                 f"v8s-slim with cost_aware (importance per MAC) ({phases(v8s_slim_ca, F)})", claim=True,
+                 f"v8s-slim with allocation cost (importance per MAC) ({phases(v8s_slim_ca, F)})", claim=True,
                  cost=1.5 * F, group="others"),
+        from_v8s("v8s-slim-uniform", v8s_slim_uniform,
+                 f"v8s-slim with allocation uniform (YOLOv8n's proportions) ({phases(v8s_slim_uniform, F)})",
+                 claim=True, cost=1.5 * F, group="others"),
         from_v8s("v8s-slim+distill", v8s_slim_distill, f"teacher-v8s + prune_distill.yaml (teacher self, the unpruned "
                  f"YOLOv8s) to YOLOv8n's MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",
                  claim=True, cost=2 * F, group="claims"),

@@ -179,19 +179,24 @@ def test_taylor_ranks_with_the_runs_own_loss(tmp_path, detect_data, cfg):
     assert "more than max_step_cut=0.5 of a layer" in (tmp_path / "run" / "report.md").read_text()
 
 
-def test_cost_aware_reaches_the_pruning_step_and_the_report(tmp_path, detect_data):
-    """`cost_aware: true` in the stock loop: the same MACs target keeps more parameters (the cheap deep channels), and
-    the report's per-layer section says how channels were ranked."""
-    params = {}
-    for aware in (False, True):
-        args = train_args(tmp_path, f"aware{aware}", data=detect_data)
-        YOLO("yolov8n.yaml").train(**args, slim={"prune": {**ONE_STEP["prune"], "cost_aware": aware}})
-        pruned = load_checkpoint(tmp_path / f"aware{aware}" / "weights" / "best.pt")[0]
-        assert 0.49 <= macs_ratio(type(pruned)("yolov8n.yaml", nc=pruned.nc, verbose=False), pruned) <= 0.51
-        params[aware] = pruning.count_macs_params(pruned)[1]
-        said = "per MAC a channel costs (cost_aware)" in (tmp_path / f"aware{aware}" / "report.md").read_text()
-        assert said == aware
-    assert params[True] > 1.2 * params[False]
+def test_allocation_reaches_the_pruning_step_and_the_report(tmp_path, detect_data):
+    """`allocation` in the stock loop: at the same MACs, `cost` keeps more parameters (the cheap deep channels) and
+    `uniform` cuts every layer alike; the report's per-layer section says how the cut was spread."""
+    params, kept = {}, {}
+    for allocation in ("global", "cost", "uniform"):
+        args = train_args(tmp_path, allocation, data=detect_data)
+        YOLO("yolov8n.yaml").train(**args, slim={"prune": {**ONE_STEP["prune"], "allocation": allocation}})
+        pruned = load_checkpoint(tmp_path / allocation / "weights" / "best.pt")[0]
+        start = type(pruned)("yolov8n.yaml", nc=pruned.nc, verbose=False)
+        assert 0.49 <= macs_ratio(start, pruned) <= 0.51
+        params[allocation] = pruning.count_macs_params(pruned)[1]
+        before, after = monitor.channel_counts(start), monitor.channel_counts(pruned)
+        kept[allocation] = {n: after[n] / before[n] for n in before if before[n] >= 64}
+        assert f"Allocation `{allocation}`: " in (tmp_path / allocation / "report.md").read_text()
+    assert params["cost"] > 1.2 * params["global"]
+    cut = [n for n in kept["global"] if min(k[n] for k in kept.values()) < 1]  # head outputs keep their widths
+    spread = {a: max(k[n] for n in cut) - min(k[n] for n in cut) for a, k in kept.items()}
+    assert spread["uniform"] <= 8 / 64 < 0.5 * spread["global"]  # one grid step of 8 channels
 
 
 def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, caplog):

@@ -269,22 +269,30 @@ def test_max_cut_spreads_a_step_unless_the_target_needs_more(ratio: float) -> No
     assert worst[0.5] <= 0.5 if ratio == 0.8 else worst[0.5] > 0.5  # halving every layer leaves ~25% of the MACs
 
 
-def test_cost_aware_ranking_cuts_costly_layers_first() -> None:
-    """Ranked per MAC, the same MACs target takes more from the high-resolution layers, where a channel costs the most
-    MACs, and so keeps more of the cheap deep ones: more parameters at the same MACs."""
+def test_allocations_spread_the_same_cut_differently() -> None:
+    """The same MACs target, three allocations. Ranked per MAC (`cost`), the high-resolution layers, where a channel
+    costs the most MACs, give more and the cheap deep ones stay: more parameters. `uniform` takes the same fraction of
+    every layer: YOLOv8s cut to YOLOv8n's MACs gets YOLOv8n's widths, within a grid step."""
     macs = pruning.count_macs_params(build("yolov8n.yaml"))[0]
     results = {}
-    for cost_aware in (False, True):
-        r = pruning.prune_to(build("yolov8n.yaml"), "macs", 0.5 * macs, importance="l2", cost_aware=cost_aware)
+    for allocation in ("global", "cost", "uniform"):
+        r = pruning.prune_to(build("yolov8n.yaml"), "macs", 0.5 * macs, importance="l2", allocation=allocation)
         assert 0.99 * 0.5 * macs <= r.macs_after <= 0.5 * macs
-        results[cost_aware] = r
-    plain, aware = results[False], results[True]
-    assert aware.params_after > 1.2 * plain.params_after
-    kept = {k: {n: r.channels_after[n] / r.channels_before[n] for n in ("model.1.conv", "model.7.conv")}
-            for k, r in results.items()}  # fmt: skip
-    assert kept[True]["model.1.conv"] < kept[True]["model.7.conv"]  # stride 4 gives more than stride 32
-    assert kept[True]["model.1.conv"] < kept[False]["model.1.conv"]
-    assert kept[True]["model.7.conv"] > kept[False]["model.7.conv"]
+        results[allocation] = r
+    assert results["cost"].params_after > 1.2 * results["global"].params_after
+    kept = {k: {n: r.channels_after[n] / r.channels_before[n] for n in r.channels_before} for k, r in results.items()}
+    assert kept["cost"]["model.1.conv"] < kept["cost"]["model.7.conv"]  # stride 4 gives more than stride 32
+    assert kept["cost"]["model.1.conv"] < kept["global"]["model.1.conv"]
+    assert kept["cost"]["model.7.conv"] > kept["global"]["model.7.conv"]
+    wide = [n for n, c in results["global"].channels_before.items() if c >= 64 and min(v[n] for v in kept.values()) < 1]
+    spread = {k: max(v[n] for n in wide) - min(v[n] for n in wide) for k, v in kept.items()}
+    assert spread["uniform"] <= 8 / 64 < 0.5 * min(spread["global"], spread["cost"])  # one grid step of 8 channels
+
+    small, large = build("yolov8n.yaml"), build("yolov8s.yaml")
+    r = pruning.prune_to(large, "macs", pruning.count_macs_params(small)[0], importance="l2", allocation="uniform")
+    widths = monitor.channel_counts(small)  # within a grid step of 8 (in each half of a C2f's cv1)
+    assert all(abs(r.channels_after[n] - widths[n]) <= 16 for n in widths if r.channels_before[n] == 2 * widths[n])
+    assert sum(r.channels_before[n] == 2 * widths[n] for n in widths) == 51  # all but the box branch (64 in both) and outputs
 
 
 def test_helpers_leave_the_model_alone() -> None:

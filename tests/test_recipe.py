@@ -56,7 +56,7 @@ def test_auto_round_to_follows_the_runtime_grid_for_a_latency_target():
         ({"sparsity": {}, "prune": {"importance": "taylor", "start": 0.6}}, r"'taylor' ranks by the loss gradient"),
         ({"prune": {"round_to": "16x"}}, r"'prune\.round_to'='16x'"),
         ({"prune": {"max_step_cut": 1.5}}, r"'prune\.max_step_cut'=1\.5: .*less than or equal to 1"),
-        ({"prune": {"cost_aware": "maybe"}}, r"'prune\.cost_aware'='maybe': .*valid boolean"),
+        ({"prune": {"allocation": "even"}}, r"'prune\.allocation'='even': .*'global', 'cost' or 'uniform'"),
         ({"prune": {"targt": {"macs": 0.5}}}, r"'prune\.targt' is not a valid key\. Did you mean 'target'"),
         ({"sparsty": {}}, r"'sparsty' is not a valid key\. Did you mean 'sparsity'"),
         ({"prune": {"steps": "four"}}, r"'prune\.steps'='four'"),

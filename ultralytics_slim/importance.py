@@ -7,10 +7,21 @@ imports neither torch nor the rest of the package, so the recipe schema can vali
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 IMPORTANCES: dict[str, Callable[[], Any]] = {}
 NEEDS_GRADIENTS: set[str] = set()  # criteria that read the loss gradient of each weight (`.grad`) when ranking
+
+# How a cut is spread over the layers (the recipe's `prune.allocation`; the report quotes these).
+Allocation = Literal["global", "cost", "uniform"]
+ALLOCATIONS: dict[str, str] = {
+    "global": "one ranking over all layers: a layer loses channels when its scores are low against the rest of the "
+    "network",
+    "cost": "one ranking over all layers of importance per MAC (per param for a params target) a run of channels "
+    "frees: wide high-resolution layers give first, the cheap deep ones stay",
+    "uniform": "every layer gives the same fraction of its channels, so the model keeps its proportions (a smaller "
+    "model of the same family has them); the ranking picks the channels within a layer",
+}
 
 
 def register_importance(name: str, gradients: bool = False) -> Callable[[Callable[[], Any]], Callable[[], Any]]:

@@ -5,12 +5,13 @@ C2), so each such block is swapped for a split-free twin whose two convolutions 
 twin model is traced and pruned with both halves losing the same channel indices, then the halves are concatenated back
 into the stock `cv1`: after pruning only stock Ultralytics classes remain and checkpoints load without this package.
 
-Channels are ranked globally in blocks of `round_to` (kept widths stay multiples of 8 for fast kernels), and the plan is
-computed on an exact MACs/params model before anything is cut, so unreachable targets are rejected with the model
-untouched. An Attention layer is one opaque node on its residual stream: the stream loses channels in multiples of
-head_dim and the layer drops as many whole heads (its `view(...).split(dim=2)` head layout cannot be index-mapped).
-Head output layers (box/cls/mask/keypoint/angle convs, DFL, Proto output, Classify.linear) keep their outputs; their
-inputs are pruned. Blocks that split channels in other ways (C2fAttn, RepNCSPELAN4, ADown, A2C2f, ...) are refused.
+Channels are ranked in blocks of `round_to` (kept widths stay multiples of 8 for fast kernels), over all layers or per
+layer (`importance.ALLOCATIONS`), and the plan is computed on an exact MACs/params model before anything is cut, so
+unreachable targets are rejected with the model untouched. An Attention layer is one opaque node on its residual
+stream: the stream loses channels in multiples of head_dim and the layer drops as many whole heads (its
+`view(...).split(dim=2)` head layout cannot be index-mapped). Head output layers (box/cls/mask/keypoint/angle convs,
+DFL, Proto output, Classify.linear) keep their outputs; their inputs are pruned. Blocks that split channels in other
+ways (C2fAttn, RepNCSPELAN4, ADown, A2C2f, ...) are refused.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch_pruning as tp
 from ultralytics.nn.modules import C2, C2PSA, DFL, PSA, Attention, C2f, Conv, Detect, Proto
 
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS
+from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS, Allocation
 from ultralytics_slim.monitor import channel_counts
 
 
@@ -133,7 +134,7 @@ def prune_to(
     imgsz: int = 64,
     seed: int = 0,
     max_cut: float = 1.0,
-    cost_aware: bool = False,
+    allocation: Allocation = "global",
 ) -> PruneResult:
     """Prune `model` IN PLACE until its MACs (or params) are <= `target` and within ~1% of it.
 
@@ -142,8 +143,7 @@ def prune_to(
     LAMP normalization, kept the most mAP in benchmarks/importance.py); every layer keeps at least `min_channels` and a
     multiple of `round_to`. No layer loses more than `max_cut` of its channels while other layers still can give what
     the target needs (the ranking scores channels one at a time, and a layer emptied at once can become the
-    network's bottleneck). With `cost_aware`, a run of channels ranks by its importance per MAC (or param) it costs, so
-    a MACs target takes more from wide high-resolution layers and keeps the cheap deep ones. Deterministic for the same
+    network's bottleneck). `allocation` spreads the cut over the layers (see `ALLOCATIONS`). Deterministic for the same
     weights, so every DDP rank takes the same decision. The model keeps its Python identity, train/eval mode, device
     and dtype; afterwards it holds only stock Ultralytics classes with consistent attributes, and head outputs keep
     their shapes.
@@ -170,7 +170,7 @@ def prune_to(
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
         now = macs0 if kind == "macs" else params0
         plan, reached = _plan(
-            model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut, cost_aware
+            model, an, kind, target, IMPORTANCES[importance](), round_to, min_channels, seed, max_cut, allocation
         )
         if reached > target:
             raise SlimConfigError(
@@ -748,10 +748,10 @@ def _plan(
     min_channels: int,
     seed: int,
     max_cut: float = 1.0,
-    cost_aware: bool = False,
+    allocation: Allocation = "global",
     tolerance: float = 0.01,
 ) -> tuple[list[tuple[_Unit, torch.Tensor]], float]:
-    """Greedy global plan: drop the least important blocks until the exact cost is <= target.
+    """Greedy plan: drop blocks in `allocation`'s order until the exact cost is <= target.
 
     Blocks that would take a unit past `max_cut` of its channels come after all others, in their own ranking, so the
     cap gives way only where the target needs it (a unit's blocks stay in order: its fraction removed only grows).
@@ -765,11 +765,14 @@ def _plan(
         scores = [_unit_scores(u, imp) for u in an.units]
     blocks = [b for i, (u, s) in enumerate(zip(an.units, scores)) for b in _blocks(u, s, round_to, min_channels, i)]
     cost = _Cost(model, an.areas, kind)
-    if cost_aware:  # mean importance per unit of cost of each channel, at the widths before this step
+    if allocation == "cost":  # mean importance per unit of cost of each channel, at the widths before this step
         for b in blocks:
             saved = cost.total - cost.remove(an.units[b.unit], b.channels, commit=False)
             b.score *= len(b.channels) / max(saved, 1e-12)
-    blocks.sort(key=lambda b: (b.frac > max_cut, b.score, b.frac, b.unit))
+    if allocation == "uniform":  # every unit gives the same fraction; the scores pick the channels within a unit
+        blocks.sort(key=lambda b: (b.frac, b.score, b.unit))
+    else:
+        blocks.sort(key=lambda b: (b.frac > max_cut, b.score, b.frac, b.unit))
     removed: dict[int, list[torch.Tensor]] = {}
     skipped: dict[int, tuple[float, _Block]] = {}  # first block of a unit that would undershoot the window
     for b in blocks:

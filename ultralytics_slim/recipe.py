@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS
+from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS, Allocation
 
 if TYPE_CHECKING:
     from ultralytics_slim.schedule import Window
@@ -173,10 +173,10 @@ class PruneConfig(PhaseConfig):
         description="most of a layer's channels one step removes while other layers can still give what the step "
         "needs: a layer emptied at once can become the network's bottleneck (1.0: the ranking alone decides)",
     )
-    cost_aware: bool = Field(
-        False,
-        description="rank runs of channels by importance per MAC (per param for a params target) they cost, not by "
-        "importance alone: a MACs target then takes more from wide high-resolution layers, keeps the cheap deep ones",
+    allocation: Allocation = Field(
+        "global",
+        description="how a step's cut is spread over the layers: global (one ranking over all layers), cost (importance "
+        "per MAC, or per param, a channel frees) or uniform (the same fraction of every layer)",
     )
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
     lr_scale: float = Field(
@@ -191,7 +191,9 @@ class PruneConfig(PhaseConfig):
     def _auto_or_grid(cls, v: Any) -> Any:
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             return v
-        raise ValueError("must be 'auto' or a whole number >= 1 (kept channel counts are multiples of it), e.g. 8 or 16")
+        raise ValueError(
+            "must be 'auto' or a whole number >= 1 (kept channel counts are multiples of it), e.g. 8 or 16"
+        )
 
     @model_validator(mode="after")
     def _resolve_round_to(self) -> PruneConfig:

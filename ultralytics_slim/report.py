@@ -27,7 +27,7 @@ from ultralytics.utils.torch_utils import get_flops, get_num_params
 
 from ultralytics_slim import monitor
 from ultralytics_slim.benchmark import torch_latency_ms
-from ultralytics_slim.importance import IMPORTANCES
+from ultralytics_slim.importance import ALLOCATIONS, IMPORTANCES
 from ultralytics_slim.recipe import Recipe, load_recipe
 from ultralytics_slim.schedule import Window, build_schedule
 
@@ -286,18 +286,13 @@ def _layers(r: _Run) -> list[str]:
         doc = " ".join((IMPORTANCES[cfg.importance].__doc__ or "").split()).rstrip(".")  # one line, however wrapped
         doc = doc if doc[1:2].isupper() else doc[:1].lower() + doc[1:]  # mid-sentence, acronyms (LAMP) kept
         how = (
-            f"Channels were ranked by importance `{cfg.importance}`: {doc}. The ranking spans all layers at once"
-            + (
-                f", per {'param' if cfg.target.kind == 'params' else 'MAC'} a channel costs (cost_aware)"
-                if cfg.cost_aware
-                else ""
-            )
-            + ", so a layer loses channels when its scores are low against the rest of the network; "
-            f"every layer keeps at least min_channels={cfg.min_channels} and a multiple of round_to={cfg.round_to}"
+            f"Channels were ranked by importance `{cfg.importance}`: {doc}. Allocation `{cfg.allocation}`: "
+            f"{ALLOCATIONS[cfg.allocation]}; every layer keeps at least min_channels={cfg.min_channels} and a multiple "
+            f"of round_to={cfg.round_to}"
             + (
                 f"; one step takes more than max_step_cut={cfg.max_step_cut:g} of a layer only when the other layers "
                 "cannot give what the step needs."
-                if cfg.max_step_cut < 1
+                if cfg.max_step_cut < 1 and cfg.allocation != "uniform"
                 else "."
             )
         )

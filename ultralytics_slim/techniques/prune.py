@@ -24,7 +24,7 @@ from ultralytics.utils.torch_utils import get_flops, unwrap_model
 
 from ultralytics_slim import latency, monitor, pruning
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.importance import NEEDS_GRADIENTS
+from ultralytics_slim.importance import NEEDS_GRADIENTS, Allocation
 from ultralytics_slim.markers import PRUNED_KEY
 from ultralytics_slim.recipe import PruneConfig
 from ultralytics_slim.techniques.base import Technique
@@ -44,7 +44,7 @@ def macs_for_latency(
     importance: str,
     seed: int,
     max_cut: float = 1.0,
-    cost_aware: bool = False,
+    allocation: Allocation = "global",
     **kwargs: Any,
 ) -> tuple[float, float, float]:
     """The MACs target whose pruned model runs in at most `goal` of the starting latency (closest from below).
@@ -52,7 +52,7 @@ def macs_for_latency(
     Latency follows MACs only roughly (per-op overheads, channel counts a kernel likes), so candidates are pruned
     on a copy and timed by `measure` (latency ratio to the starting model, ms): a proportional first guess, then
     bisection refined by the measured ratio. When no candidate gets under the goal, the fastest one measured is taken
-    with a warning, never the floor: a noisy reading must not strip the model. `max_cut`, `cost_aware` and `kwargs`
+    with a warning, never the floor: a noisy reading must not strip the model. `max_cut`, `allocation` and `kwargs`
     (round_to, min_channels, ignore) go to `prune_to`; benchmarks/latency.py runs this search outside training.
     Returns (MACs target, its latency ratio, its latency in ms).
     """
@@ -63,7 +63,7 @@ def macs_for_latency(
     lo, hi = pruning.min_keep_ratio(model, "macs", **kwargs), 1.0
     r = max(goal / now, lo)
     below = fastest = None  # (fraction of the current MACs, latency ratio, ms)
-    rank = {"importance": importance, "max_cut": max_cut, "cost_aware": cost_aware}
+    rank = {"importance": importance, "max_cut": max_cut, "allocation": allocation}
     for _ in range(SEARCH_STEPS):
         candidate = deepcopy(model)
         for p, q in zip(model.parameters(), candidate.parameters()):
@@ -267,7 +267,7 @@ class PruneTechnique(Technique):
         model = unwrap_model(trainer.model)
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
-        rank = {"importance": self.cfg.importance, "max_cut": self.cfg.max_step_cut, "cost_aware": self.cfg.cost_aware}
+        rank = {"importance": self.cfg.importance, "max_cut": self.cfg.max_step_cut, "allocation": self.cfg.allocation}
         for i in due:
             t = time.perf_counter()
             if self.cfg.importance in NEEDS_GRADIENTS:
