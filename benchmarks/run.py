@@ -464,6 +464,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_uniform = recipe("prune.yaml", to_v8n, prune=uniform)
     v8s_slim_ca_s5 = recipe("prune.yaml", to_v8n, prune={**per_mac, **five})
     v8s_slim_lr2 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 2.0})
+    v8s_slim_lr3 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 3.0})
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
@@ -510,6 +511,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-lr2", v8s_slim_lr2,
                  f"v8s-slim with lr_scale 2 (a deeper cut to recover from) ({phases(v8s_slim_lr2, F)})", claim=True,
+                 cost=1.5 * F, group="others"),
+        from_v8s("v8s-slim-lr3", v8s_slim_lr3, f"v8s-slim with lr_scale 3 ({phases(v8s_slim_lr3, F)})", claim=True,
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-uniform", v8s_slim_uniform,
                  f"v8s-slim with allocation uniform (YOLOv8n's proportions) ({phases(v8s_slim_uniform, F)})",
