@@ -138,15 +138,14 @@ def prune_to(
 ) -> PruneResult:
     """Prune `model` IN PLACE until its MACs (or params) are <= `target` and within ~1% of it.
 
-    `target` is an absolute count as returned by `count_macs_params` at `imgsz`. Channels are ranked globally over all
-    coupled groups with `importance` (a name in `ultralytics_slim.importance`; the default "lamp", conv weights with
-    LAMP normalization, kept the most mAP in benchmarks/importance.py); every layer keeps at least `min_channels` and a
-    multiple of `round_to`. No layer loses more than `max_cut` of its channels while other layers still can give what
-    the target needs (the ranking scores channels one at a time, and a layer emptied at once can become the
-    network's bottleneck). `allocation` spreads the cut over the layers (see `ALLOCATIONS`). Deterministic for the same
-    weights, so every DDP rank takes the same decision. The model keeps its Python identity, train/eval mode, device
-    and dtype; afterwards it holds only stock Ultralytics classes with consistent attributes, and head outputs keep
-    their shapes.
+    `target` is an absolute count as returned by `count_macs_params` at `imgsz`. Channels of all coupled groups are
+    scored with `importance` (a name in `ultralytics_slim.importance`; the default "lamp", conv weights with LAMP
+    normalization) and `allocation` spreads the cut over the layers (`importance.ALLOCATIONS`: one global ranking by
+    default); every layer keeps at least `min_channels` and a multiple of `round_to`. No layer loses more than `max_cut`
+    of its channels while other layers still can give what the target needs (the ranking scores channels one at a
+    time, and a layer emptied at once can become the network's bottleneck). Deterministic for the same weights, so
+    every DDP rank takes the same decision. The model keeps its Python identity, train/eval mode, device and dtype;
+    afterwards it holds only stock Ultralytics classes with consistent attributes, and head outputs keep their shapes.
 
     Raises:
         SlimConfigError: unknown kind/importance, or a target below what the floors allow (the model is unchanged).
