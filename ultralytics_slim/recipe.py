@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS, Allocation
+from ultralytics_slim.importance import ALLOCATIONS, IMPORTANCES, NEEDS_GRADIENTS, Allocation
 
 if TYPE_CHECKING:
     from ultralytics_slim.schedule import Window
@@ -175,8 +175,8 @@ class PruneConfig(PhaseConfig):
     )
     allocation: Allocation = Field(
         "global",
-        description="how a step's cut is spread over the layers: global (one ranking over all layers), cost (importance "
-        "per MAC, or per param, a channel frees) or uniform (the same fraction of every layer)",
+        description="how a step's cut is spread over the layers: "
+        + "; ".join(f"{name}: {what}" for name, what in ALLOCATIONS.items()),
     )
     ignore: list[str] = Field(default_factory=list, description="module names (prefix) or class names to keep")
     lr_scale: float = Field(
