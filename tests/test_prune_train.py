@@ -141,6 +141,41 @@ def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data
     assert learning_rates(tmp_path / "cut") == learning_rates(tmp_path / "full")  # lr_scale applied once, kept
 
 
+def test_optimizer_state_follows_the_kept_channels(tmp_path, detect_data):
+    """After a pruning step, AdamW keeps each surviving element's moments and its step count (a fresh state takes
+    sign-like steps of the full rate); the other elements' state goes with them."""
+    seen: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+
+    def moments(trainer) -> dict[str, dict[str, torch.Tensor]]:
+        params = dict(trainer.model.named_parameters())
+        return {n: {k: v.clone() for k, v in trainer.optimizer.state[p].items()} for n, p in params.items()
+                if p in trainer.optimizer.state}  # fmt: skip
+
+    def before(trainer) -> None:  # runs before the plugin's epoch-start callback, registered after it
+        if trainer.epoch == 1:
+            seen["before"] = moments(trainer)
+
+    def after(trainer) -> None:
+        if trainer.epoch == 1 and "after" not in seen:
+            seen["after"] = moments(trainer)
+            seen["kept"] = trainer.slim.technique("prune").kept
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", before)
+    model.add_callback("on_train_batch_start", after)
+    model.train(**train_args(tmp_path, data=detect_data, nbs=8), slim=ONE_STEP)  # nbs=batch: a step per batch
+    old, new, kept = seen["before"], seen["after"], seen["kept"]
+    assert old and new.keys() == old.keys()  # every parameter keeps a state
+    assert all(torch.equal(new[n]["step"], old[n]["step"]) for n in old)
+    assert kept
+    for bn, idx in kept.items():
+        for part in ("weight", "bias"):
+            o, n = old[f"{bn}.{part}"], new[f"{bn}.{part}"]
+            assert torch.equal(n["exp_avg"], o["exp_avg"][idx]) and torch.equal(n["exp_avg_sq"], o["exp_avg_sq"][idx])
+    conv = next(n for n in old if n.endswith("conv.weight") and old[n]["exp_avg"].shape != new[n]["exp_avg"].shape)
+    assert new[conv]["exp_avg"].abs().sum() > 0  # the narrowed convolution kept moments, not zeros
+
+
 def learning_rates(run: Path) -> list[list[float]]:
     """The lr/pg* columns of a run's results.csv, per epoch."""
     rows = list(csv.DictReader((run / "results.csv").open()))

@@ -5,7 +5,8 @@
                                                   `trainer_defaults` applied to the arguments the user did not set
     end of stock `_setup_train` (mixin)           `check` (real model and data), weights/start.pt, `setup`
     on_train_epoch_start (callback)               `on_epoch_start` of each technique in phase order; if one changed
-                                                  the model's structure, the trainer rebuilds optimizer, EMA, DDP
+                                                  the model's structure, the trainer rebuilds optimizer, EMA, DDP;
+                                                  optimizer state follows the elements the techniques' `sources` trace
     optimizer step (wrapped `scaler.step`)        `on_grads_unscaled` (after AMP unscale and clipping), the stock
                                                   step, then `after_optimizer_step` (before the EMA update)
     save_metrics (mixin, rank 0, once per epoch)  figures of every technique -> results.csv columns and TensorBoard
@@ -84,10 +85,10 @@ class SlimController:
 
     def on_epoch_start(self, trainer: Any) -> None:
         """Let each technique act at the epoch start; rebuild training state if any changed the model's structure."""
-        groups = trainer.optimizer_param_names()
+        before = trainer.optimizer_snapshot()
         changed = [t.on_epoch_start(trainer) for t in self.techniques]  # every technique acts, in phase order
         if any(changed):
-            trainer.on_structure_changed(groups)
+            trainer.on_structure_changed(before, {n: i for t in self.techniques for n, i in t.sources().items()})
 
     def on_grads_unscaled(self, trainer: Any) -> None:
         """Gradient-side regularization, between AMP unscaling and the optimizer step."""

@@ -120,6 +120,8 @@ class PruneResult:
     channels_after: dict[str, int] = field(repr=False)
     seconds: float
     kept: dict[str, list[int]] = field(default_factory=dict, repr=False)  # BN name -> surviving channel indices
+    # parameter name -> for each of its elements (flattened), its flat index in the parameter before pruning
+    sources: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
 
 def prune_to(
@@ -162,8 +164,9 @@ def prune_to(
                 "on for frozen layers (the prune technique does)"
             )
     t0 = time.perf_counter()
-    channels0, signatures0 = channel_counts(model), _bn_signatures(model)
+    channels0 = channel_counts(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    grads, numel0 = {n: p.grad for n, p in model.named_parameters()}, {n: p.numel() for n, p in model.named_parameters()}
     with _twinned(model) as twins:
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
@@ -177,45 +180,45 @@ def prune_to(
                 f"(min_channels={min_channels}, round_to={round_to}); lower min_channels or raise the target"
             )
         twins.commit = bool(plan)  # from here on the halves must go back into the blocks
+        if plan:
+            _number_elements(model, twins)
         for unit, channels in plan:
             _execute(an.graph, unit, channels)
+    sources = {n: torch.arange(p.numel(), device=p.device) for n, p in model.named_parameters()}  # nothing moved
     if plan:
+        sources.clear()
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(n, True))
+            if p.grad is None:  # not numbered: its elements' origin is unknown
+                continue
+            sources[n], g = p.grad.flatten().long(), grads[n]
+            p.grad = None if g is None else g.flatten()[sources[n]].view_as(p)  # the gradients of what was kept
         for m in model.modules():
             if hasattr(m, "np") and hasattr(m, "f"):  # Ultralytics layer summary attribute
                 m.np = sum(p.numel() for p in m.parameters())
     macs1, params1 = count_macs_params(model, imgsz)
-    kept = _kept_channels(signatures0, _bn_signatures(model)) if plan else {}
-    return PruneResult(macs0, macs1, params0, params1, channels0, channel_counts(model), time.perf_counter() - t0, kept)
-
-
-def _bn_signatures(model: nn.Module) -> dict[str, torch.Tensor]:
-    """(weight, bias, running mean, running var) of each BN channel: pruning selects rows of these, never changes them."""
-    return {
-        n: torch.stack([m.weight, m.bias, m.running_mean, m.running_var], 1).detach().float().cpu()
+    kept = {
+        n: sources[f"{n}.weight"].tolist()
         for n, m in model.named_modules()
-        if isinstance(m, _BN) and m.affine and m.track_running_stats
+        if isinstance(m, _BN) and f"{n}.weight" in sources and m.num_features < numel0[f"{n}.weight"]
     }
+    return PruneResult(
+        macs0, macs1, params0, params1, channels0, channel_counts(model), time.perf_counter() - t0, kept, sources
+    )
 
 
-def _kept_channels(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, list[int]]:
-    """Which channels of each narrowed BN survived: its rows after pruning are an ordered subsequence of those before."""
-    kept = {}
-    for name, b in before.items():
-        a = after.get(name)
-        if a is None or len(a) == len(b):
-            continue
-        idx, j = [], 0
-        for row in a:
-            while j < len(b) and not torch.equal(b[j], row):
-                j += 1
-            if j == len(b):
-                raise RuntimeError(f"{name}: a channel left after pruning has no source channel")
-            idx.append(j)
-            j += 1
-        kept[name] = idx
-    return kept
+def _number_elements(model: nn.Module, twins: _Twins) -> None:
+    """Give every parameter a gradient holding its elements' flat indices: torch-pruning selects gradients as it selects
+    weights, so afterwards each gradient says where its elements came from (what the optimizer's per-element state
+    and the teacher's channel map need). A split block's cv1b numbers on from its cv1a, as their merge concatenates them
+    back into one cv1. A parameter too large for its dtype to count exactly gets no gradient, and so no sources."""
+    for p in model.parameters():
+        exact = p.dtype.is_floating_point and p.numel() <= 2 / torch.finfo(p.dtype).eps
+        p.grad = torch.arange(p.numel(), dtype=p.dtype, device=p.device).view_as(p) if exact else None
+    for twin in twins:
+        for a, b in zip(twin.cv1a.parameters(), twin.cv1b.parameters()):
+            if a.grad is not None and b.grad is not None:
+                b.grad += a.numel()
 
 
 # -------------------------------------------------------------------------------------------------- split-free twins

@@ -35,6 +35,7 @@ PREFIX = colorstr("Slim: ")
 # Validators re-check the trainer's args against Ultralytics' defaults: `slim` must be known there even when the
 # start-up hook did not run (e.g. the plugin is on the path but not installed).
 markers.register_slim_key(ultralytics.utils)
+Snapshot = tuple[list[list[str]], dict[str, tuple[torch.Size, dict[str, Any]]]]  # optimizer groups, state by name
 
 
 def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, tuple[Any, str]]]:
@@ -138,24 +139,37 @@ class SlimTrainerMixin:
         if self._new_dir and RANK in {-1, 0}:
             shutil.rmtree(self.save_dir, ignore_errors=True)
 
-    def optimizer_param_names(self) -> list[list[str]]:
-        """The parameter names of each optimizer group, to re-populate the groups after a structural change."""
-        name_of = {id(p): n for n, p in unwrap_model(self.model).named_parameters()}
-        return [[name_of[id(p)] for p in g["params"] if id(p) in name_of] for g in self.optimizer.param_groups]
+    def optimizer_snapshot(self) -> Snapshot:
+        """Each optimizer group's parameter names, and each parameter's shape and state by name, to re-populate the
+        optimizer after a structural change."""
+        named = {id(p): (n, p.shape) for n, p in unwrap_model(self.model).named_parameters()}
+        groups = [[named[id(p)][0] for p in g["params"] if id(p) in named] for g in self.optimizer.param_groups]
+        return groups, {named[id(p)][0]: (named[id(p)][1], s) for p, s in self.optimizer.state.items() if id(p) in named}
 
-    def on_structure_changed(self, groups: list[list[str]]) -> None:
+    def on_structure_changed(self, before: Snapshot, sources: dict[str, torch.Tensor]) -> None:
         """Point the optimizer at the new tensors and rebuild what holds old shapes: EMA, DDP wrapper, best fitness.
 
         The optimizer, and so the LR scheduler that wraps it, keeps its class, groups and hyperparameters as
-        Ultralytics built them; only its per-parameter state (momentum, Adam moments, of the old shapes) is dropped.
+        Ultralytics built them, and each parameter whose elements `sources` traces (flat indices into the parameter
+        before the change) keeps its per-element state (momentum, Adam moments) for those elements: a fresh Adam state
+        takes sign-like steps of the full rate, which knocked a pruned network back further than the cut itself (README,
+        Results). Other parameters start afresh.
         """
+        groups, state = before
         model = unwrap_model(self.model)
         params = dict(model.named_parameters())
+        self.optimizer.state.clear()
         for group, names in zip(self.optimizer.param_groups, groups):
-            group["params"] = [params.pop(n) for n in names if n in params]
+            kept = [(n, params.pop(n)) for n in names if n in params]
+            group["params"] = [p for _, p in kept]
+            for n, p in kept:
+                shape, old = state.get(n, (None, None))
+                if old is not None and n in sources and len(sources[n]) == p.numel():
+                    self.optimizer.state[p] = {
+                        k: v.flatten()[sources[n].to(v.device)].view_as(p) if v.shape == shape else v for k, v in old.items()
+                    }
         if lost := [n for n, p in params.items() if p.requires_grad]:
             raise RuntimeError(f"trainable parameters left out of the optimizer after a structural change: {lost[:5]}")
-        self.optimizer.state.clear()
         if self.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index], find_unused_parameters=True

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ultralytics_slim.errors import SlimDependencyError
 
 if TYPE_CHECKING:
+    import torch
+
     from ultralytics_slim.recipe import Phase, PhaseConfig
     from ultralytics_slim.schedule import Schedule
 
@@ -49,6 +51,11 @@ class Technique:
     def on_epoch_start(self, trainer: Any) -> bool:
         """Act at the start of `trainer.epoch`; return True if the model's structure changed."""
         return False
+
+    def sources(self) -> dict[str, torch.Tensor]:
+        """After an `on_epoch_start` that changed the structure: parameter name -> the flat index each of its elements
+        had before, so that the optimizer keeps their state; parameters left out start with a fresh state."""
+        return {}
 
     def on_grads_unscaled(self, trainer: Any) -> None:
         """Modify gradients after AMP unscaling and clipping, right before the optimizer step."""
