@@ -167,9 +167,11 @@ def test_integer_kernels_for_yolo11_and_yolo26(cfg: str, tmp_path: Path, detect_
 
 
 def test_activations_to_uint8_keeps_every_value(onnx_files: SimpleNamespace, tmp_path: Path) -> None:
-    """int8 with zero point 0 -> uint8 with zero point 128 is the same grid: every convolution sees the same input."""
-    rewritten = Path(shutil.copy(onnx_files.folded, tmp_path / "u8.onnx"))
-    graph = _Graph(onnx.load(str(rewritten)))
+    """int8 with zero point 0 -> uint8 with zero point 128 is the same grid: every convolution sees the same input.
+    Also in a graph with its intermediate types recorded (as `simplify=True` exports have them)."""
+    rewritten = tmp_path / "u8.onnx"
+    graph = _Graph(onnx.shape_inference.infer_shapes(onnx.load(str(onnx_files.folded))))
+    assert any(vi.type.tensor_type.elem_type == onnx.TensorProto.INT8 for vi in graph.g.value_info)
     _activations_to_uint8(graph)
     graph.finish(rewritten)
     zero_points = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(rewritten)).graph.initializer]

@@ -88,7 +88,8 @@ class SlimController:
         before = trainer.optimizer_snapshot()
         changed = [t.on_epoch_start(trainer) for t in self.techniques]  # every technique acts, in phase order
         if any(changed):
-            trainer.on_structure_changed(before, {n: i for t in self.techniques for n, i in t.sources().items()})
+            moved = [t.sources() for t, c in zip(self.techniques, changed) if c]  # those that acted just now
+            trainer.on_structure_changed(before, {n: i for m in moved for n, i in m.items()})
 
     def on_grads_unscaled(self, trainer: Any) -> None:
         """Gradient-side regularization, between AMP unscaling and the optimizer step."""

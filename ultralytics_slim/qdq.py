@@ -186,6 +186,7 @@ def integer_convs(path: Path, images: Iterable[np.ndarray]) -> dict[str, int]:
 def _activations_to_uint8(gr: _Graph) -> None:
     """int8 zero-point-0 activation Q/DQ -> uint8 zero point 128: the same values, onnxruntime's fast input type."""
     u8: dict[str, str] = {}
+    retyped: set[str] = set()
     for n in gr.g.node:
         if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(n.input) < 3:
             continue
@@ -196,6 +197,11 @@ def _activations_to_uint8(gr: _Graph) -> None:
         if n.input[2] not in u8:
             u8[n.input[2]] = gr.add(f"{n.input[2]}_uint8", np.full(zp.shape, 128, np.uint8))
         n.input[2] = u8[n.input[2]]
+        if n is q:
+            retyped.add(n.output[0])
+    for vi in gr.g.value_info:  # types an export may have recorded: onnxruntime rejects an int8 one for a uint8 output
+        if vi.name in retyped:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.UINT8
 
 
 def _silu_follows(gr: _Graph, y: str) -> bool:
