@@ -469,10 +469,12 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
 
-    def from_v8s(name: str, slim: dict, what: str, claim: bool, cost: float, group: str) -> Row:
+    def from_v8s(
+        name: str, slim: dict, what: str, claim: bool, cost: float, group: str, train: dict | None = None
+    ) -> Row:
         """A row that slims the YOLOv8s teacher towards YOLOv8n's MACs in F epochs."""
         return Row(name, what, measured(continued("teacher-v8s", slim)), deps=(v8s,), claim=claim, epochs=F,
-                   cost=cost, group=group, slim=slim)  # fmt: skip
+                   train=train, cost=cost, group=group, slim=slim)  # fmt: skip
 
     qat, baseline_qat = recipe("prune_distill_qat.yaml", 0.5), recipe("qat.yaml")
     oneshot = {"prune": {"target": {"macs": 0.5}, "importance": "l1", "steps": 1, "start": 0, "end": 1}}
@@ -514,6 +516,12 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-lr3", v8s_slim_lr3, f"v8s-slim with lr_scale 3 ({phases(v8s_slim_lr3, F)})", claim=True,
                  cost=1.5 * F, group="others"),
+        # prune.yaml turns off the warmup its first step falls in (3 epochs); one epoch ramps the fresh AdamW in
+        from_v8s("v8s-slim-lr3-w1", v8s_slim_lr3, f"v8s-slim-lr3 with a one-epoch warmup (warmup_epochs 1) "
+                 f"({phases(v8s_slim_lr3, F)})", claim=True, cost=1.5 * F, group="others", train={"warmup_epochs": 1.0}),
+        from_v8s("v8s-slim-lr3-w1b0", v8s_slim_lr3, f"v8s-slim-lr3-w1 with warmup_bias_lr 0 (the biases too ramp up "
+                 f"from 0) ({phases(v8s_slim_lr3, F)})", claim=True, cost=1.5 * F, group="others",
+                 train={"warmup_epochs": 1.0, "warmup_bias_lr": 0.0}),
         from_v8s("v8s-slim-uniform", v8s_slim_uniform,
                  f"v8s-slim with allocation uniform (YOLOv8n's proportions) ({phases(v8s_slim_uniform, F)})",
                  claim=True, cost=1.5 * F, group="others"),
