@@ -516,12 +516,10 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-lr3", v8s_slim_lr3, f"v8s-slim with lr_scale 3 ({phases(v8s_slim_lr3, F)})", claim=True,
                  cost=1.5 * F, group="others"),
-        # prune.yaml turns off the warmup its first step falls in (3 epochs); one epoch ramps the fresh AdamW in
+        # prune.yaml turns off the warmup its first step falls in (3 epochs); one epoch ramps the fresh AdamW in (from
+        # 0 for biases too: optimizer=auto sets warmup_bias_lr to 0)
         from_v8s("v8s-slim-lr3-w1", v8s_slim_lr3, f"v8s-slim-lr3 with a one-epoch warmup (warmup_epochs 1) "
                  f"({phases(v8s_slim_lr3, F)})", claim=True, cost=1.5 * F, group="others", train={"warmup_epochs": 1.0}),
-        from_v8s("v8s-slim-lr3-w1b0", v8s_slim_lr3, f"v8s-slim-lr3-w1 with warmup_bias_lr 0 (the biases too ramp up "
-                 f"from 0) ({phases(v8s_slim_lr3, F)})", claim=True, cost=1.5 * F, group="others",
-                 train={"warmup_epochs": 1.0, "warmup_bias_lr": 0.0}),
         from_v8s("v8s-slim-uniform", v8s_slim_uniform,
                  f"v8s-slim with allocation uniform (YOLOv8n's proportions) ({phases(v8s_slim_uniform, F)})",
                  claim=True, cost=1.5 * F, group="others"),
