@@ -465,6 +465,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_ca_s5 = recipe("prune.yaml", to_v8n, prune={**per_mac, **five})
     v8s_slim_lr2 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 2.0})
     v8s_slim_lr3 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 3.0})
+    v8s_slim_ca_lr3 = recipe("prune.yaml", to_v8n, prune={**per_mac, "lr_scale": 3.0})
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
@@ -516,6 +517,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-lr3", v8s_slim_lr3, f"v8s-slim with lr_scale 3 ({phases(v8s_slim_lr3, F)})", claim=True,
                  cost=1.5 * F, group="others"),
+        from_v8s("v8s-slim-ca-lr3", v8s_slim_ca_lr3, f"v8s-slim with allocation cost and lr_scale 3 "
+                 f"({phases(v8s_slim_ca_lr3, F)})", claim=True, cost=1.5 * F, group="others"),
         # prune.yaml turns off the warmup its first step falls in (3 epochs); one epoch ramps the fresh AdamW in (from
         # 0 for biases too: optimizer=auto sets warmup_bias_lr to 0)
         from_v8s("v8s-slim-lr3-w1", v8s_slim_lr3, f"v8s-slim-lr3 with a one-epoch warmup (warmup_epochs 1) "
