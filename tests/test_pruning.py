@@ -137,6 +137,28 @@ def test_detect_half_macs_exact(cfg: str) -> None:
             model.eval()(x)
 
 
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml"])
+def test_sources_trace_every_kept_element_and_its_gradient(cfg: str) -> None:
+    """Every parameter after pruning is its elements before, gathered by `sources` (what the optimizer state follows),
+    split halves and attention heads included, and its gradient is the kept part of the gradient it had."""
+    model = build(cfg).train()
+    torch.manual_seed(1)
+    for p in model.parameters():  # distinct values, so that a wrong index cannot match by accident
+        p.data = torch.randn_like(p)
+        p.grad = torch.randn_like(p)
+    before = {n: (p.detach().clone(), p.grad.clone()) for n, p in model.named_parameters()}
+    r = pruning.prune_to(model, "macs", 0.5 * pruning.count_macs_params(model)[0], importance="l1")
+    params = dict(model.named_parameters())
+    assert r.sources.keys() == params.keys()
+    assert sum(p.numel() < before[n][0].numel() for n, p in params.items()) > 0.8 * len(params)
+    for n, p in params.items():
+        w, g = before[n]
+        assert torch.equal(p.detach().flatten(), w.flatten()[r.sources[n]]), n
+        assert torch.equal(p.grad.flatten(), g.flatten()[r.sources[n]]), n
+    for bn, idx in r.kept.items():
+        assert r.sources[f"{bn}.weight"].tolist() == idx
+
+
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
 def test_kept_channels_map_pruned_features_to_the_unpruned_model(cfg: str) -> None:
     """What feature distillation from `teacher: self` relies on: student channel j is the teacher's kept[j]."""

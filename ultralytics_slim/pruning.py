@@ -165,8 +165,9 @@ def prune_to(
             )
     t0 = time.perf_counter()
     channels0 = channel_counts(model)
-    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    grads, numel0 = {n: p.grad for n, p in model.named_parameters()}, {n: p.numel() for n, p in model.named_parameters()}
+    named = dict(model.named_parameters())
+    requires_grad, grads = {n: p.requires_grad for n, p in named.items()}, {n: p.grad for n, p in named.items()}
+    numel0 = {n: p.numel() for n, p in named.items()}
     with _twinned(model) as twins:
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())

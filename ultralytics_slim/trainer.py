@@ -142,18 +142,18 @@ class SlimTrainerMixin:
     def optimizer_snapshot(self) -> Snapshot:
         """Each optimizer group's parameter names, and each parameter's shape and state by name, to re-populate the
         optimizer after a structural change."""
-        named = {id(p): (n, p.shape) for n, p in unwrap_model(self.model).named_parameters()}
-        groups = [[named[id(p)][0] for p in g["params"] if id(p) in named] for g in self.optimizer.param_groups]
-        return groups, {named[id(p)][0]: (named[id(p)][1], s) for p, s in self.optimizer.state.items() if id(p) in named}
+        name_of = {id(p): n for n, p in unwrap_model(self.model).named_parameters()}
+        groups = [[name_of[id(p)] for p in g["params"] if id(p) in name_of] for g in self.optimizer.param_groups]
+        return groups, {name_of[id(p)]: (p.shape, s) for p, s in self.optimizer.state.items() if id(p) in name_of}
 
     def on_structure_changed(self, before: Snapshot, sources: dict[str, torch.Tensor]) -> None:
         """Point the optimizer at the new tensors and rebuild what holds old shapes: EMA, DDP wrapper, best fitness.
 
         The optimizer, and so the LR scheduler that wraps it, keeps its class, groups and hyperparameters as
         Ultralytics built them, and each parameter whose elements `sources` traces (flat indices into the parameter
-        before the change) keeps its per-element state (momentum, Adam moments) for those elements: a fresh Adam state
-        takes sign-like steps of the full rate, which knocked a pruned network back further than the cut itself (README,
-        Results). Other parameters start afresh.
+        before the change) keeps its per-element state (momentum, Adam's moments and step count) for those elements, as
+        if the removed ones had never been there, instead of restarting Adam's estimates from zero after every pruning
+        step (README, Results: +0.3 point on the benchmark's deepest cut). Other parameters start afresh.
         """
         groups, state = before
         model = unwrap_model(self.model)
@@ -165,8 +165,9 @@ class SlimTrainerMixin:
             for n, p in kept:
                 shape, old = state.get(n, (None, None))
                 if old is not None and n in sources and len(sources[n]) == p.numel():
+                    idx = sources[n].to(p.device)
                     self.optimizer.state[p] = {
-                        k: v.flatten()[sources[n].to(v.device)].view_as(p) if v.shape == shape else v for k, v in old.items()
+                        k: v.flatten()[idx].view_as(p) if v.shape == shape else v for k, v in old.items()
                     }
         if lost := [n for n, p in params.items() if p.requires_grad]:
             raise RuntimeError(f"trainable parameters left out of the optimizer after a structural change: {lost[:5]}")
