@@ -151,7 +151,7 @@ class PruneTechnique(Technique):
         self.start_channels: dict[str, int] = {}
         self.kept: dict[str, list[int]] = {}  # BN name -> its channels' indices in the model before the first step
         self.lr_scaled = False  # lr_scale applied to the optimizer (its param groups keep it in checkpoints)
-        self._sources: dict[str, torch.Tensor] = {}  # the last epoch start's steps: parameter -> elements' origin
+        self._sources: dict[str, torch.Tensor] = {}  # this epoch start's steps: parameter -> elements' origin
 
     def _kwargs(self) -> dict[str, Any]:
         c = self.cfg
@@ -269,7 +269,6 @@ class PruneTechnique(Technique):
         model.load_state_dict(trainer.ema.ema.state_dict())  # prune what Ultralytics would have saved
         gflops_before = get_flops(model)
         rank = {"importance": self.cfg.importance, "max_cut": self.cfg.max_step_cut, "allocation": self.cfg.allocation}
-        self._sources = {n: torch.arange(p.numel()) for n, p in model.named_parameters()}
         for i in due:
             t = time.perf_counter()
             if self.cfg.importance in NEEDS_GRADIENTS:
@@ -285,7 +284,10 @@ class PruneTechnique(Technique):
             self.done = i + 1
             for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
                 self.kept[n] = [self.kept[n][j] for j in idx] if n in self.kept else idx
-            self._sources = {n: self._sources[n][idx.cpu()] for n, idx in result.sources.items() if n in self._sources}
+            src = {n: idx.cpu() for n, idx in result.sources.items()}
+            if i > due[0]:  # a later step at this epoch start: indices into the model before the first one
+                src = {n: self._sources[n][idx] for n, idx in src.items() if n in self._sources}
+            self._sources = src
             self.history.append(
                 {
                     "step": self.done,
@@ -328,7 +330,9 @@ class PruneTechnique(Technique):
             )
 
     def sources(self) -> dict[str, torch.Tensor]:
-        return self._sources
+        """Handed over once: the trace is as large as the model (an index per weight)."""
+        out, self._sources = self._sources, {}
+        return out
 
     def metrics(self, trainer: Any) -> dict[str, float]:
         out = {"slim/prune_steps": float(self.done)}
