@@ -148,6 +148,8 @@ def prune_to(
     time, and a layer emptied at once can become the network's bottleneck). Deterministic for the same weights, so
     every DDP rank takes the same decision. The model keeps its Python identity, train/eval mode, device and dtype;
     afterwards it holds only stock Ultralytics classes with consistent attributes, and head outputs keep their shapes.
+    The result's `sources` say where every element of every parameter was before (what the optimizer state follows),
+    and `kept` which channels of each narrowed BatchNorm survived (what feature distillation maps).
 
     Raises:
         SlimConfigError: unknown kind/importance, or a target below what the floors allow (the model is unchanged).
