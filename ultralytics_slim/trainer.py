@@ -163,11 +163,15 @@ class SlimTrainerMixin:
             kept = [(n, params.pop(n)) for n in names if n in params]
             group["params"] = [p for _, p in kept]
             for n, p in kept:
-                shape, old = state.get(n, (None, None))
-                if old is not None and n in sources and len(sources[n]) == p.numel():
+                # per-element tensors follow their elements and scalars (the step count) carry over; a parameter with
+                # any other state (e.g. factored moments, which cannot be sliced) starts afresh
+                shape, old = state.get(n, (None, {}))
+                per_element = {k for k, v in old.items() if torch.is_tensor(v) and v.shape == shape}
+                scalars = {k for k, v in old.items() if not torch.is_tensor(v) or v.ndim == 0}
+                if old and n in sources and len(sources[n]) == p.numel() and per_element | scalars == old.keys():
                     idx = sources[n].to(p.device)
                     self.optimizer.state[p] = {
-                        k: v.flatten()[idx].view_as(p) if v.shape == shape else v for k, v in old.items()
+                        k: v.flatten()[idx].view_as(p) if k in per_element else v for k, v in old.items()
                     }
         if lost := [n for n, p in params.items() if p.requires_grad]:
             raise RuntimeError(f"trainable parameters left out of the optimizer after a structural change: {lost[:5]}")
