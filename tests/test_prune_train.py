@@ -142,8 +142,8 @@ def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data
 
 
 def test_optimizer_state_follows_the_kept_channels(tmp_path, detect_data):
-    """After a pruning step, AdamW keeps each surviving element's moments and its step count (a fresh state takes
-    sign-like steps of the full rate); the other elements' state goes with them."""
+    """After a pruning step, AdamW keeps each surviving element's moments and its step count instead of restarting
+    them; the other elements' state goes with them."""
     seen: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
 
     def moments(trainer) -> dict[str, dict[str, torch.Tensor]]:

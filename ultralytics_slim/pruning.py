@@ -167,9 +167,9 @@ def prune_to(
             )
     t0 = time.perf_counter()
     channels0 = channel_counts(model)
-    named = dict(model.named_parameters())
-    requires_grad, grads = {n: p.requires_grad for n, p in named.items()}, {n: p.grad for n, p in named.items()}
-    numel0 = {n: p.numel() for n, p in named.items()}
+    requires_grad, grads, numel0 = {}, {}, {}
+    for n, p in model.named_parameters():
+        requires_grad[n], grads[n], numel0[n] = p.requires_grad, p.grad, p.numel()
     with _twinned(model) as twins:
         an = _analyze(model, ignore, imgsz, twins)
         macs0, params0 = _Cost(model, an.areas, "macs").total, sum(p.numel() for p in model.parameters())
@@ -187,9 +187,10 @@ def prune_to(
             _number_elements(model, twins)
         for unit, channels in plan:
             _execute(an.graph, unit, channels)
-    sources = {n: torch.arange(p.numel(), device=p.device) for n, p in model.named_parameters()}  # nothing moved
-    if plan:
-        sources.clear()
+    sources: dict[str, torch.Tensor] = {}
+    if not plan:  # nothing moved
+        sources = {n: torch.arange(p.numel(), device=p.device) for n, p in model.named_parameters()}
+    else:
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(n, True))
             if p.grad is None:  # not numbered: its elements' origin is unknown

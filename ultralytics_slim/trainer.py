@@ -38,6 +38,24 @@ markers.register_slim_key(ultralytics.utils)
 Snapshot = tuple[list[list[str]], dict[str, tuple[torch.Size, dict[str, Any]]]]  # optimizer groups, state by name
 
 
+def _kept_state(
+    shape: torch.Size, state: dict[str, Any], sources: torch.Tensor, param: torch.Tensor
+) -> dict[str, Any] | None:
+    """A parameter's optimizer state for the elements `sources` traces: per-element tensors follow their elements,
+    scalars (the step count) carry over; None (a fresh state) for any other state, e.g. factored moments."""
+    if len(sources) != param.numel():
+        return None
+    idx, out = sources.to(param.device), {}
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.shape == shape:
+            out[k] = v.flatten()[idx].view_as(param)
+        elif not torch.is_tensor(v) or v.ndim == 0:
+            out[k] = v
+        else:
+            return None
+    return out
+
+
 def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, tuple[Any, str]]]:
     """Validate `slim=` (a path, a shipped recipe name, a dict, or the resolved form) into the form stored in args.
 
@@ -163,16 +181,8 @@ class SlimTrainerMixin:
             kept = [(n, params.pop(n)) for n in names if n in params]
             group["params"] = [p for _, p in kept]
             for n, p in kept:
-                # per-element tensors follow their elements and scalars (the step count) carry over; a parameter with
-                # any other state (e.g. factored moments, which cannot be sliced) starts afresh
-                shape, old = state.get(n, (None, {}))
-                per_element = {k for k, v in old.items() if torch.is_tensor(v) and v.shape == shape}
-                scalars = {k for k, v in old.items() if not torch.is_tensor(v) or v.ndim == 0}
-                if old and n in sources and len(sources[n]) == p.numel() and per_element | scalars == old.keys():
-                    idx = sources[n].to(p.device)
-                    self.optimizer.state[p] = {
-                        k: v.flatten()[idx].view_as(p) if k in per_element else v for k, v in old.items()
-                    }
+                if n in state and n in sources and (new := _kept_state(*state[n], sources[n], p)) is not None:
+                    self.optimizer.state[p] = new
         if lost := [n for n, p in params.items() if p.requires_grad]:
             raise RuntimeError(f"trainable parameters left out of the optimizer after a structural change: {lost[:5]}")
         if self.world_size > 1:

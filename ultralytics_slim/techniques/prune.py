@@ -284,7 +284,7 @@ class PruneTechnique(Technique):
             self.done = i + 1
             for n, idx in result.kept.items():  # compose with earlier steps: indices into the unpruned model
                 self.kept[n] = [self.kept[n][j] for j in idx] if n in self.kept else idx
-            src = {n: idx.cpu() for n, idx in result.sources.items()}
+            src = result.sources
             if i > due[0]:  # a later step at this epoch start: indices into the model before the first one
                 src = {n: self._sources[n][idx] for n, idx in src.items() if n in self._sources}
             self._sources = src
