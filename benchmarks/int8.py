@@ -7,7 +7,7 @@ Exports, next to a copy of the checkpoint in a temporary folder: the INT8 ONNX (
 convolutions in onnxruntime), the same with the stem's convolutions integer too (what `qdq.FLOAT_BELOW_STRIDE` keeps
 float), the stock exporter's Q/DQ ONNX of the same checkpoint (what `export_int8_onnx` wrote before it placed the Q/DQ
 for onnxruntime), the INT8 OpenVINO model (`export_int8_openvino`) and the float model (quantizers stripped) as ONNX
-and OpenVINO; then times all of them interleaved with the package's one timer and prints medians and speed-ups
+with the plugin's box decoding (`deploy.fast_dfl`, as the INT8 files have it) and OpenVINO; then times all of them interleaved with the package's one timer and prints medians and speed-ups
 against the float model in each runtime. `--val` validates every file on the val split of `--data` (default: the
 data set the checkpoint trained on) at `--imgsz`, batch 1, in the runtime it is timed in.
 OpenVINO is timed with f32 inference precision (its default is bf16 on CPUs that have it).
@@ -38,13 +38,15 @@ def main() -> None:
     from ultralytics.utils.torch_utils import strip_qat
 
     from ultralytics_slim import qdq
+    from ultralytics_slim.deploy import fast_dfl
     from ultralytics_slim.techniques.qat import export_int8_onnx, export_int8_openvino
 
     with tempfile.TemporaryDirectory() as tmp:
         qat = Path(shutil.copy(a.weights, Path(tmp) / "qat.pt"))
         floating = YOLO(qat)
         strip_qat(floating.model)
-        fp32 = Path(floating.export(format="onnx", imgsz=a.imgsz, simplify=False)).rename(Path(tmp) / "fp32.onnx")
+        with fast_dfl():
+            fp32 = Path(floating.export(format="onnx", imgsz=a.imgsz, simplify=False)).rename(Path(tmp) / "fp32.onnx")
         stock_qdq = Path(YOLO(qat).export(format="onnx", imgsz=a.imgsz, simplify=False)).rename(Path(tmp) / "qdq.onnx")
         int8 = export_int8_onnx(qat, imgsz=a.imgsz, simplify=False).rename(Path(tmp) / "int8.onnx")
         stem, qdq.FLOAT_BELOW_STRIDE = qdq.FLOAT_BELOW_STRIDE, 1  # every quantized convolution integer, the stem too

@@ -19,7 +19,9 @@ each runtime with `latency.runner`, all models of a runtime interleaved in one `
 ratio of a latency-target model is against the start model timed in the same rounds. Beside the MACs ratio, each row
 has the MACs its convolutions cost with channels padded to the runtimes' block (16 channels on AVX-512 CPUs, 8 on
 AVX2: both runtimes compute convolutions in such blocks), and `--profile` adds the time per op type (onnxruntime's
-profiler, OpenVINO's performance counters): what does not shrink with channels. The markdown tables go to stdout and
+profiler, OpenVINO's performance counters): what does not shrink with channels. Models are exported as the plugin
+exports them (`deploy.fast_dfl`); `--stock-dfl` times each one a second time, exported as `yolo export` writes it, in
+the same rounds, against the start model exported that way. The markdown tables go to stdout and
 `--out/latency.md`, the raw times to `--out/latency.json`.
 """
 
@@ -46,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 RUNTIMES = ("onnxruntime", "openvino")
 SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
 TOLERANCE = 0.10  # the issue's criterion: within 10% of the target ratio
+STOCK = " (stock DFL)"  # the name suffix of a model exported as `yolo export` writes it
 
 
 def build(cfg: str, seed: int = 0) -> nn.Module:
@@ -127,7 +130,10 @@ def time_models(
     from ultralytics_slim.latency import export_onnx, runner
 
     folder.mkdir(parents=True, exist_ok=True)
-    files = {n: export_onnx(m, args.imgsz, folder / f"{n.replace(' ', '-')}.onnx") for n, m in models.items()}
+    files = {
+        n: export_onnx(m, args.imgsz, folder / f"{n.replace(' ', '-')}.onnx", stock_dfl=n.endswith(STOCK))
+        for n, m in models.items()
+    }
     times: dict[str, dict[str, list[float]]] = {n: {} for n in models}
     for rt in args.runtimes:
         fns = [runner(f, rt, args.imgsz, args.threads) for f in files.values()]
@@ -242,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--compare", default="", help="comma-separated checkpoints pruned from --model, timed beside it")
     p.add_argument("--no-target", action="store_true", help="skip the latency-target check")
     p.add_argument("--profile", action="store_true", help="add the time per op type of every model and runtime")
+    p.add_argument("--stock-dfl", action="store_true", help="time every model exported as `yolo export` writes it too")
     p.add_argument(
         "--block", type=int, default=cpu_block(), help="channels per kernel block (default: 16 on AVX-512, else 8)"
     )
@@ -256,7 +263,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=1, help="pruning steps towards the latency target (default 1)")
     cfg = PruneConfig.model_fields
     p.add_argument(
-        "--target-round-to", default=cfg["round_to"].default, help="round_to of the target check (default: the recipe's)"
+        "--target-round-to",
+        default=cfg["round_to"].default,
+        help="round_to of the target check (default: the recipe's)",
     )
     p.add_argument(
         "--min-channels", type=int, default=cfg["min_channels"].default, help="min_channels of every pruning"
@@ -265,7 +274,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     args.round_to = [int(r) for r in args.round_to.split(",")]
     grid = args.target_round_to  # resolved as a recipe would resolve it ('auto': this CPU's block for a latency target)
-    args.target_round_to = PruneConfig(target={"latency": args.latency}, round_to=int(grid) if grid.isdigit() else grid).round_to
+    args.target_round_to = PruneConfig(
+        target={"latency": args.latency}, round_to=int(grid) if grid.isdigit() else grid
+    ).round_to
     args.runtimes = args.runtimes.split(",")
     out = args.out or HERE / ".work" / "latency" / f"{Path(args.model).stem}-{args.imgsz}"
 
@@ -287,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for rt in [] if args.no_target else args.runtimes:
         LOGGER.info(f"Latency benchmark: searching latency {args.latency} in {rt} at {args.imgsz} px ...")
         models[f"latency {args.latency} @ {rt}"], targets[rt] = latency_target(start, rt, args)
+    models |= {n + STOCK: m for n, m in models.items()} if args.stock_dfl else {}
     LOGGER.info(f"Latency benchmark: timing {len(models)} models, {args.runs} interleaved runs per runtime ...")
     times, files = time_models(models, out / "onnx", args)
     profiles = (
@@ -299,9 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, m in models.items():
         macs, params = count_macs_params(m)
         ratio = macs / macs0
-        speedup = {
-            rt: statistics.median(times["start"][rt]) / statistics.median(times[name][rt]) for rt in args.runtimes
-        }
+        base = "start" + STOCK if name.endswith(STOCK) else "start"  # each export against the start model's
+        speedup = {rt: statistics.median(times[base][rt]) / statistics.median(times[name][rt]) for rt in args.runtimes}
         rows[name] = {
             "macs": ratio,
             "blocked": blocked_macs(m, args.imgsz, args.block) / blocked0,
@@ -327,7 +338,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"- Load average at the start: {', '.join(f'{x:.1f}' for x in load_start)}; wall time {wall / 60:.1f} min\n"
         f"{info}\n\n"
         f"## Speed-up against the start model (target: speed-up / MACs reduction >= 0.85)\n\n"
-        f"Blocked MACs: every convolution's channels rounded up to {args.block} (the kernels' block on this CPU).\n\n"
+        f"Blocked MACs: every convolution's channels rounded up to {args.block} (the kernels' block on this CPU)."
+        + (
+            f" Rows '{STOCK.strip()}': exported as `yolo export` writes them, against 'start{STOCK}'."
+            if args.stock_dfl
+            else ""
+        )
+        + "\n\n"
         f"{speed_rows(rows, args.runtimes)}\n"
     )
     if targets:

@@ -31,7 +31,7 @@ def test_latency_benchmark_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     pruned = bench.build("yolov8n.yaml", seed=1)  # a checkpoint to compare, as a pruned run's best.pt would be
     prune_to(pruned, "macs", 0.6 * count_macs_params(pruned)[0])
     torch.save({"model": pruned}, tmp_path / "other.pt")
-    argv = ["--imgsz", "64", "--runs", str(runs), "--out", str(tmp_path), "--profile", "--block", "16"]
+    argv = ["--imgsz", "64", "--runs", str(runs), "--out", str(tmp_path), "--profile", "--block", "16", "--stock-dfl"]
     record = bench.main([*argv, "--compare", str(tmp_path / "other.pt")])
     assert json.loads((tmp_path / "latency.json").read_text()) == json.loads(json.dumps(record))
     md = (tmp_path / "latency.md").read_text()
@@ -39,12 +39,14 @@ def test_latency_benchmark_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "## Where the time goes in onnxruntime" in md and "## Where the time goes in openvino" in md
 
     rows, targets, profiles = record["models"], record["targets"], record["profiles"]
-    assert (
-        set(rows)
-        == set(profiles)
-        == {"start", "round_to 8", "round_to 16", "round_to 32", "other.pt"}
-        | {f"latency 0.5 @ {rt}" for rt in bench.RUNTIMES}
-    )
+    names = {"start", "round_to 8", "round_to 16", "round_to 32", "other.pt"} | {
+        f"latency 0.5 @ {rt}" for rt in bench.RUNTIMES
+    }
+    assert set(rows) == set(profiles) == names | {n + bench.STOCK for n in names}  # each exported both ways
+    for name in names:  # the stock export: the DFL's softmax over axis 1, which onnxruntime runs as such
+        assert (
+            profiles[name + bench.STOCK]["onnxruntime"].get("MatMul", 0) == 0 < profiles[name]["onnxruntime"]["MatMul"]
+        )
     assert rows["other.pt"]["macs"] == pytest.approx(0.6, rel=0.02)
     # blocked MACs: a cut that leaves widths off the 16-channel grid saves less in the kernels than it counts
     assert rows["round_to 16"]["blocked"] < rows["round_to 8"]["blocked"] and rows["start"]["blocked"] == 1
@@ -55,10 +57,9 @@ def test_latency_benchmark_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     for name, row in rows.items():
         assert set(row["times"]) == set(bench.RUNTIMES), name
         assert all(len(t) == runs and min(t) > 0 for t in row["times"].values()), name
+        start = rows["start" + bench.STOCK if name.endswith(bench.STOCK) else "start"]  # exported the same way
         for rt, t in row["times"].items():  # speed-up is against the start model timed in the same interleaved call
-            assert row["speedup"][rt] == pytest.approx(
-                statistics.median(rows["start"]["times"][rt]) / statistics.median(t)
-            )
+            assert row["speedup"][rt] == pytest.approx(statistics.median(start["times"][rt]) / statistics.median(t))
     assert rows["start"]["macs"] == 1 and not rows["start"]["widths"]
     for r in (8, 16, 32):
         row = rows[f"round_to {r}"]

@@ -77,10 +77,13 @@ def test_export_mistakes_end_in_one_line(tmp_path: Path, args: list[str], messag
 
 @pytest.mark.parametrize(
     "fmt, message",
-    [("onnx", "float.pt is not a QAT checkpoint"), ("engine", "format=engine: INT8 export writes onnx or openvino")],
+    [
+        ("openvino", "model=float.pt is a float checkpoint: OpenVINO runs Ultralytics' own export of it as fast"),
+        ("engine", "format=engine: this export writes onnx or openvino"),
+    ],
 )
 def test_export_of_a_float_checkpoint_ends_in_one_line(tmp_path: Path, fmt: str, message: str) -> None:
-    """The export refuses a checkpoint without QAT state, or a format it cannot write; the CLI says so in one line."""
+    """A format the export does not write for a checkpoint ends in one line that says what to do, and writes nothing."""
     from ultralytics import YOLO
 
     YOLO("yolov8n.yaml").save(tmp_path / "float.pt")
@@ -89,3 +92,19 @@ def test_export_of_a_float_checkpoint_ends_in_one_line(tmp_path: Path, fmt: str,
     assert r.stderr.splitlines()[-1].startswith(EXPORT_ERROR + message), r.stderr
     assert "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["float.pt", "yolo-config"]
+
+
+def test_export_of_a_float_checkpoint_prints_its_onnx(tmp_path: Path) -> None:
+    """`onnx=$(python -m ultralytics_slim.export model=float.pt)` on a fresh machine: the FP32 graph with the DFL's
+    softmax over the last axis (`deploy.fast_dfl`), next to the checkpoint, its path alone on stdout."""
+    import onnx
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").save(tmp_path / "float.pt")
+    r = _run("ultralytics_slim.export", "model=float.pt", "imgsz=64", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "float.onnx\n" and "Creating new Ultralytics Settings" in r.stderr  # as model= named it
+    path = tmp_path / "float.onnx"
+    graph = onnx.load(str(path)).graph
+    (softmax,) = [n for n in graph.node if n.op_type == "Softmax"]
+    assert [a.i for a in softmax.attribute if a.name == "axis"] in ([-1], [3]), softmax

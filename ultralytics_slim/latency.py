@@ -1,4 +1,5 @@
-"""Latency of a model as it is deployed: exported to ONNX the way Ultralytics exports it, timed in a CPU runtime.
+"""Latency of a model as it is deployed: exported to ONNX as `python -m ultralytics_slim.export` exports it (the way
+Ultralytics does, with `deploy.fast_dfl`'s box decoding), timed in a CPU runtime.
 
 Used by the `prune: {target: {latency: r}}` search, which measures candidates on the machine that trains (run the
 trainer where you deploy, or accept it as a proxy) against the starting model, with the package's one timer
@@ -11,6 +12,7 @@ import importlib
 import statistics
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from ultralytics.nn.modules import C2f, Classify, Detect
 from ultralytics.utils.export.engine import torch2onnx
 
 from ultralytics_slim.benchmark import interleaved_ms
+from ultralytics_slim.deploy import fast_dfl
 from ultralytics_slim.errors import SlimDependencyError
 
 RUNTIMES = {"onnxruntime": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}  # module, pip name
@@ -38,8 +41,9 @@ def require_runtime(runtime: str) -> None:
         ) from None
 
 
-def export_onnx(model: nn.Module, imgsz: int, path: Path) -> Path:
-    """A copy of `model` exported as `yolo export format=onnx` would: fused, export-mode head, split-based C2f."""
+def export_onnx(model: nn.Module, imgsz: int, path: Path, stock_dfl: bool = False) -> Path:
+    """A copy of `model` exported as `yolo export format=onnx` would (fused, export-mode head, split-based C2f), with the
+    DFL in the form `python -m ultralytics_slim.export` writes (`stock_dfl`: as `yolo export` writes it)."""
     model = deepcopy(model).float().cpu().eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -52,7 +56,8 @@ def export_onnx(model: nn.Module, imgsz: int, path: Path) -> Path:
         elif isinstance(m, C2f):
             m.forward = m.forward_split
     x = torch.zeros(1, model.yaml.get("channels", 3), imgsz, imgsz)
-    return Path(torch2onnx(model, x, path, opset=17))
+    with nullcontext() if stock_dfl else fast_dfl():
+        return Path(torch2onnx(model, x, path, opset=17))
 
 
 def runner(onnx: Path, runtime: str, imgsz: int, threads: int = 2) -> Callable[[], object]:

@@ -19,6 +19,7 @@ from ultralytics.utils import LOGGER, colorstr
 from ultralytics.utils.patches import override_configs
 from ultralytics.utils.torch_utils import is_qat, prepare_qat, unwrap_model
 
+from ultralytics_slim.deploy import fast_dfl
 from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
 from ultralytics_slim.qdq import fold_weight_qdq, integer_convs
 from ultralytics_slim.recipe import QuantizeConfig
@@ -218,6 +219,7 @@ def _export_qdq_onnx(model: Any, imgsz: int, into: Path | None = None, **kwargs:
         model.model.pt_path = str(into / Path(model.ckpt_path).name)  # the exporter names its output after this path
     exporters = []
     model.add_callback("on_export_end", exporters.append)
-    path = Path(model.export(format="onnx", imgsz=imgsz, **kwargs))
+    with fast_dfl():  # the box decoding in the form onnxruntime runs fast (OpenVINO runs either as fast)
+        path = Path(model.export(format="onnx", imgsz=imgsz, **kwargs))
     fold_weight_qdq(path)
     return path, exporters[-1]
