@@ -468,6 +468,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_ca_lr3 = recipe("prune.yaml", to_v8n, prune={**per_mac, "lr_scale": 3.0})
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
+    v8s_slim_lr3_distill = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
 
     def from_v8s(
@@ -529,6 +530,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         from_v8s("v8s-slim+distill", v8s_slim_distill, f"teacher-v8s + prune_distill.yaml (teacher self, the unpruned "
                  f"YOLOv8s) to YOLOv8n's MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",
                  claim=True, cost=2 * F, group="claims"),
+        from_v8s("v8s-slim-lr3+distill", v8s_slim_lr3_distill, f"v8s-slim+distill with lr_scale 3 "
+                 f"({phases(v8s_slim_lr3_distill, F)})", claim=True, cost=2 * F, group="others"),
         from_v8s("v8s-slim+distill-w0.25", v8s_slim_distill_light,
                  f"v8s-slim+distill, distill weight 0.25 ({phases(v8s_slim_distill_light, F)})",
                  claim=False, cost=2 * F, group="others"),
@@ -792,6 +795,17 @@ def ov_int8_convs(compiled: Any) -> str:
     return f"{int8}/{len(precisions)}"
 
 
+def timed_file(name: str, rec: dict, imgsz: int, folder: Path) -> Path:
+    """The ONNX file latency times: an INT8 row's own export; a float row's checkpoint exported now, as the plugin
+    exports for deployment (`latency.export_onnx`, with `deploy.fast_dfl`), whatever exported its recorded file."""
+    from ultralytics_slim.latency import export_onnx
+
+    if rec["int8"]:
+        return Path(rec["onnx640" if imgsz == DEPLOY else "onnx"])
+    folder.mkdir(parents=True, exist_ok=True)
+    return export_onnx(load_float(Path(rec["pt"])), imgsz, folder / f"{name}-{imgsz}.onnx")
+
+
 def time_all(files: dict[str, Path], imgsz: int, runs: int) -> dict[str, dict[str, Any]]:
     """Batch-1 latencies (ms) of every ONNX file in onnxruntime and OpenVINO, interleaved by the package's one timer."""
     from ultralytics_slim.benchmark import interleaved_ms
@@ -1003,6 +1017,8 @@ deviations, "within noise" otherwise; rows with one seed make no claim.
 Size and speed (seed 0 of each row): `params M` = parameters stored (nonzero in brackets where much lower),
 `GFLOPs` = `ultralytics.utils.torch_utils.get_flops` at the training size, `MACs x` = GFLOPs / baseline GFLOPs.
 `ONNX MB` = the batch-1 ONNX export (`simplify=False`), `gzip MB` = that file gzip-compressed. Latency = batch 1,
+of the graph the plugin exports for deployment (float rows exported again for the timing, with the DFL's softmax over
+the last axis, `ultralytics_slim.deploy`; INT8 rows: their own export),
 median (25th-75th percentile) in ms of {runs} timed runs per model after {warmup} warm-up runs, interleaved
 round-robin across all models and both runtimes (`ultralytics_slim.benchmark.interleaved_ms`), once at the training
 size and once at {deploy} px (latency does not depend on the training resolution); onnxruntime CPU EP with 2
@@ -1271,8 +1287,10 @@ def main(argv: list[str] | None = None) -> None:
     lat = {}
     if timed:
         LOGGER.info(f"Benchmark: timing {len(timed)} models at {cfg.data.imgsz} and {DEPLOY} px ...")
-        small = time_all({n: Path(r["onnx"]) for n, r in timed.items()}, cfg.data.imgsz, cfg.runs)
-        large = time_all({n: Path(r["onnx640"]) for n, r in timed.items()}, DEPLOY, cfg.runs)
+        small, large = (
+            time_all({n: timed_file(n, r, size, out / "timed") for n, r in timed.items()}, size, cfg.runs)
+            for size in (cfg.data.imgsz, DEPLOY)
+        )
         lat = {n: {"train": small[n], "deploy": large[n]} for n in timed}
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter() - t0
