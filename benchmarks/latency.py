@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"- Settings: {settings}\n"
         f"- Batch 1, {args.imgsz} px, {args.threads} threads; median (25th-75th percentile) of {args.runs} timed runs "
         f"after {WARMUP} warm-up runs, all models of a runtime interleaved, FP32 (OpenVINO held to f32); "
-        f"untrained weights (seed 0)\n"
-        f"- Load average at the start: {', '.join(f'{x:.1f}' for x in load_start)}; wall time {wall / 60:.1f} min\n"
+        + ("the checkpoints' weights\n" if args.model.endswith(".pt") else "untrained weights (seed 0)\n")
+        + f"- Load average at the start: {', '.join(f'{x:.1f}' for x in load_start)}; wall time {wall / 60:.1f} min\n"
         f"{info}\n\n"
         f"## Speed-up against the start model (target: speed-up / MACs reduction >= 0.85)\n\n"
         f"Blocked MACs: every convolution's channels rounded up to {args.block} (the kernels' block on this CPU)."

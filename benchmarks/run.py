@@ -469,6 +469,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_slim_lr3_distill = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0})
+    v8s_slim_lr3_distill_w2 = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0}, distill={"weight": 2.0})
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
 
     def from_v8s(
@@ -532,6 +533,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  claim=True, cost=2 * F, group="claims"),
         from_v8s("v8s-slim-lr3+distill", v8s_slim_lr3_distill, f"v8s-slim+distill with lr_scale 3 "
                  f"({phases(v8s_slim_lr3_distill, F)})", claim=True, cost=2 * F, group="others"),
+        from_v8s("v8s-slim-lr3+distill-w2", v8s_slim_lr3_distill_w2, f"v8s-slim-lr3+distill with distill weight 2 "
+                 f"({phases(v8s_slim_lr3_distill_w2, F)})", claim=True, cost=2 * F, group="others"),
         from_v8s("v8s-slim+distill-w0.25", v8s_slim_distill_light,
                  f"v8s-slim+distill, distill weight 0.25 ({phases(v8s_slim_distill_light, F)})",
                  claim=False, cost=2 * F, group="others"),
