@@ -14,7 +14,8 @@ import pytest
 from ultralytics import YOLO
 from ultralytics.nn.modules.block import DFL
 
-from ultralytics_slim.deploy import export_fp32_onnx, is_qat_checkpoint
+from ultralytics_slim import export_fp32_onnx
+from ultralytics_slim.deploy import is_qat_checkpoint
 from ultralytics_slim.latency import export_onnx
 
 IMGSZ = 64

@@ -23,10 +23,12 @@ _LAZY = {
     "SlimOBBTrainer": "ultralytics_slim.trainer",
     "SlimClassificationTrainer": "ultralytics_slim.trainer",
     "export_int8_onnx": "ultralytics_slim.techniques.qat",
+    "export_fp32_onnx": "ultralytics_slim.deploy",
 }
 __all__ = ("__version__", *_LAZY)
 
 if TYPE_CHECKING:
+    from ultralytics_slim.deploy import export_fp32_onnx
     from ultralytics_slim.errors import SlimConfigError, SlimDependencyError, SlimError
     from ultralytics_slim.recipe import Recipe, load_recipe
     from ultralytics_slim.techniques.qat import export_int8_onnx

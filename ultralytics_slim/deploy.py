@@ -1,11 +1,12 @@
 """ONNX graphs in which onnxruntime runs the detection head's box decoding as fast as the rest of the model.
 
-Ultralytics' DFL (the box decoding of YOLOv8 and YOLO11 heads, and of their seg/pose/obb variants) takes a softmax over
+Ultralytics' DFL (the box decoding of YOLOv8 and YOLO11 heads: detect, segment, pose, obb) takes a softmax over
 axis 1 of a (B, 16, 4, A) tensor. onnxruntime computes a softmax over any axis but the last by transposing there and
 back: at 640 px (8400 anchors) that took 5 ms of YOLOv8n's 50 on the benchmark's CPU, at any width, so it capped what
 pruning could gain in onnxruntime (OpenVINO runs either graph as fast). `fast_dfl` exports the same computation with the
 bins on the last axis (one transpose, a last-axis softmax, a product with the DFL's bin values), whose outputs are the
-stock graph's to the last bit. Ultralytics' own `yolo export` is left as it is: only the plugin's exports use it.
+stock graph's (bit for bit on the benchmark's YOLOv8n). Ultralytics' own `yolo export` is left as it is: only the
+plugin's exports use it.
 """
 
 from __future__ import annotations
