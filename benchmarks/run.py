@@ -445,11 +445,12 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                 slim=variant,
             )
         )
-    for name, change, what in (  # prune_distill.yaml with one distillation setting changed, to compare with slim-50+distill
-        ("slim-50+distill-feat", {"loss": "head+feature"}, "head and neck-feature distillation"),
-        ("slim-50+distill-w2", {"weight": 2.0}, "distill weight 2"),
+    for name, change, what in (  # prune_distill.yaml with one setting changed, to compare with slim-50+distill
+        ("slim-50+distill-feat", {"distill": {"loss": "head+feature"}}, "head and neck-feature distillation"),
+        ("slim-50+distill-w2", {"distill": {"weight": 2.0}}, "distill weight 2"),
+        ("slim-50+distill-lr3", {"prune": {"lr_scale": 3.0}}, "lr_scale 3"),  # the teacher may allow a faster recovery
     ):
-        variant = recipe("prune_distill.yaml", 0.5, distill=change)
+        variant = recipe("prune_distill.yaml", 0.5, **change)
         slim_rows.append(
             Row(name, f"prune_distill.yaml, 50% MACs, {what} ({phases(variant, F)})",
                 measured(continued("baseline", variant)), claim=True, epochs=F, cost=1.4 * F, group="others",
