@@ -449,6 +449,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50+distill-feat", {"distill": {"loss": "head+feature"}}, "head and neck-feature distillation"),
         ("slim-50+distill-w2", {"distill": {"weight": 2.0}}, "distill weight 2"),
         ("slim-50+distill-lr3", {"prune": {"lr_scale": 3.0}}, "lr_scale 3"),  # the teacher may allow a faster recovery
+        ("slim-50+distill-t2", {"distill": {"temperature": 2.0}}, "distill temperature 2"),
+        ("slim-50+distill-t4", {"distill": {"temperature": 4.0}}, "distill temperature 4"),
     ):
         variant = recipe("prune_distill.yaml", 0.5, **change)
         slim_rows.append(
