@@ -473,7 +473,11 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_slim_lr3_distill = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0})
     v8s_slim_lr3_distill_w2 = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0}, distill={"weight": 2.0})
+    v8s_slim_lr3_distill_feat = recipe(
+        "prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0}, distill={"loss": "head+feature"}
+    )
     v8s_distill = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s"})  # the path is set per job
+    v8s_distill_feat = recipe("prune_distill.yaml", 0.5, distill={"teacher": "teacher-v8s", "loss": "head+feature"})
 
     def from_v8s(
         name: str, slim: dict, what: str, claim: bool, cost: float, group: str, train: dict | None = None
@@ -538,12 +542,17 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  f"({phases(v8s_slim_lr3_distill, F)})", claim=True, cost=2 * F, group="others"),
         from_v8s("v8s-slim-lr3+distill-w2", v8s_slim_lr3_distill_w2, f"v8s-slim-lr3+distill with distill weight 2 "
                  f"({phases(v8s_slim_lr3_distill_w2, F)})", claim=True, cost=2 * F, group="others"),
+        from_v8s("v8s-slim-lr3+distill-feat", v8s_slim_lr3_distill_feat, f"v8s-slim-lr3+distill with the neck "
+                 f"features too ({phases(v8s_slim_lr3_distill_feat, F)})", claim=True, cost=2.2 * F, group="others"),
         from_v8s("v8s-slim+distill-w0.25", v8s_slim_distill_light,
                  f"v8s-slim+distill, distill weight 0.25 ({phases(v8s_slim_distill_light, F)})",
                  claim=False, cost=2 * F, group="others"),
         Row("slim-50+distill-v8s", f"prune_distill.yaml, teacher teacher-v8s, 50% MACs ({phases(v8s_distill, F)})",
             measured(continued("baseline", v8s_distill, teacher="teacher-v8s")), deps=(Dep("baseline"), v8s),
             claim=True, epochs=F, cost=1.6 * F, group="claims", slim=v8s_distill),
+        Row("slim-50+distill-v8s-feat", "slim-50+distill-v8s with the neck features too, through projectors "
+            f"({phases(v8s_distill_feat, F)})", measured(continued("baseline", v8s_distill_feat, teacher="teacher-v8s")),
+            deps=(Dep("baseline"), v8s), claim=True, epochs=F, cost=1.8 * F, group="others", slim=v8s_distill_feat),
         Row("slim-50+qat", f"prune_distill_qat.yaml, 50% MACs ({phases(qat, F)})",
             measured(continued("baseline", qat, int8=True)), epochs=F, cost=1.3 * F, slim=qat),
         Row("baseline-qat", f"qat.yaml ({phases(baseline_qat, F)})",

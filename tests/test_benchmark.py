@@ -152,6 +152,12 @@ def test_step_and_teacher_rows_differ_from_theirs_by_their_settings_only(tmp_pat
     assert distilled.pop("distill")["teacher"] == "self"  # the prune section as resolved: prune.yaml's settings
     assert load_recipe(distilled).prune == load_recipe(specs["v8s-slim"].slim).prune
     assert specs["slim-50+distill-v8s"].slim["distill"]["teacher"] == "teacher-v8s"  # the checkpoint, set per job
+    for feat, head in (
+        ("slim-50+distill-v8s-feat", "slim-50+distill-v8s"),
+        ("v8s-slim-lr3+distill-feat", "v8s-slim-lr3+distill"),
+    ):
+        with_features = deepcopy(specs[feat].slim)
+        assert with_features["distill"].pop("loss") == "head+feature" and with_features == specs[head].slim
     jobs = bench.plan(cfg, specs)
     assert {f"{r}@{s}" for r in cfg.rows for s in range(3)} | {"baseline@0", "teacher-v8s@0"} == set(jobs)
     assert dict(jobs["v8s-slim+distill@1"].deps) == {"teacher-v8s": "teacher-v8s@0"}  # starts from YOLOv8s

@@ -1,17 +1,20 @@
-"""Feature distillation from the unpruned model: channel-mapped through the pruning steps, measured as a loss share."""
+"""Feature distillation through pruning steps: channel-mapped from the unpruned model, or through projectors from a
+larger checkpoint; measured as a loss share."""
 
 from __future__ import annotations
 
 import csv
 
 import pytest
+import torch
 from ultralytics import YOLO
-from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils.torch_utils import get_num_params
 
 from conftest import train_args
+from ultralytics_slim.data import SHAPES
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.recipe import load_recipe
+from ultralytics_slim.techniques.distill import Projectors, _feature_bns
 
 RECIPE = {
     "distill": {"teacher": "self", "loss": "head+feature", "start": 1, "end": 1.0},
@@ -19,21 +22,76 @@ RECIPE = {
 }
 
 
+def results(run) -> list[dict[str, float]]:
+    with open(run / "results.csv") as f:
+        return [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def assert_distilled_in_window(rows: list[dict[str, float]]) -> None:
+    shares = [r["slim/distill_share"] for r in rows]
+    assert shares[0] == 0 and all(0 < s < 1 for s in shares[1:])  # off before the window, a part of the loss in it
+    assert all(r["train/distill"] > 0 for r in rows[1:])
+
+
 def test_feature_distillation_through_pruning_steps(tmp_path, detect_data):
     model = YOLO("yolov8n.yaml")
     model.train(**train_args(tmp_path, data=detect_data, epochs=4), slim=RECIPE)
     run = tmp_path / "run"
-    with open(run / "results.csv") as f:
-        rows = [{k.strip(): float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    shares = [r["slim/distill_share"] for r in rows]
-    assert shares[0] == 0 and all(0 < s < 1 for s in shares[1:])  # off before the window, a part of the loss in it
-    assert all(r["train/distill"] > 0 for r in rows[1:])
+    assert_distilled_in_window(results(run))
     teacher, best = (load_checkpoint(run / "weights" / f"{w}.pt")[0] for w in ("teacher", "best"))
     assert get_num_params(best) < 0.6 * get_num_params(teacher)
     kept = model.trainer.slim.technique("prune").kept
     assert kept["model.21.cv2.bn"] and max(kept["model.21.cv2.bn"]) < teacher.model[21].cv2.bn.num_features
+    assert model.trainer.slim.technique("distill")._proj is None  # `self`: channels mapped, nothing learned
 
 
-def test_feature_loss_needs_teacher_self(tmp_path):
-    with pytest.raises(SlimConfigError, match="only 'teacher: self' allows"):
-        load_recipe({"distill": {"teacher": str(tmp_path / "t.pt"), "loss": "feature"}})
+def test_projectors_keep_the_columns_of_surviving_channels():
+    proj = Projectors([8], [16], [list(range(8))])
+    w0 = proj.convs[0].weight.detach().clone()
+    x = torch.rand(2, 8, 4, 4)
+    kept = [0, 2, 5, 7]
+    zeroed = x.clone()
+    zeroed[:, [c for c in range(8) if c not in kept]] = 0
+    before = proj([zeroed])[0]
+    assert proj.follow([kept]) and proj.convs[0].in_channels == 4
+    torch.testing.assert_close(proj([x[:, kept]])[0], before)
+    assert not proj.follow([kept]) and not proj.follow([None])
+    # a second step: indices into the unpruned student, as the prune technique composes them
+    assert proj.follow([[2, 7]])
+    torch.testing.assert_close(proj.convs[0].weight.detach(), w0[:, [2, 7]])
+    assert proj.cols == [[2, 7]]
+
+
+def test_feature_distillation_from_a_larger_checkpoint_through_pruning_steps(tmp_path, detect_data):
+    """YOLOv8s teaching a YOLOv8n that is pruned twice: projectors follow the narrowing, learn, and stay out of
+    the checkpoint."""
+    teacher = DetectionModel("yolov8s.yaml", nc=3, verbose=False)
+    teacher.names = dict(enumerate(SHAPES[:3]))
+    torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "v8s.pt")
+    model = YOLO("yolov8n.yaml")
+    recipe = {**RECIPE, "distill": {**RECIPE["distill"], "teacher": str(tmp_path / "v8s.pt")}}
+    model.train(**train_args(tmp_path, data=detect_data, epochs=4), slim=recipe)
+    run = tmp_path / "run"
+    assert_distilled_in_window(results(run))
+    distill = model.trainer.slim.technique("distill")
+    best = load_checkpoint(run / "weights" / "best.pt")[0]
+    widths = [best.get_submodule(n).num_features for n in _feature_bns(best)]
+    assert [c.in_channels for c in distill._proj.convs] == widths  # narrowed with the student
+    assert [c.out_channels for c in distill._proj.convs] == [128, 256, 512]  # YOLOv8s's neck
+    assert widths != [64, 128, 256]  # YOLOv8n's, before pruning: a step narrowed them
+    state = distill._proj_opt.state.values()
+    assert state and all(s["step"] > 0 for s in state)  # stepped since the last narrowing
+    assert not any(isinstance(m, Projectors) for m in best.modules())
+    assert get_num_params(best) < 0.6 * get_num_params(DetectionModel("yolov8n.yaml", nc=3, verbose=False))
+
+
+def test_teacher_with_other_strides_is_rejected(tmp_path, detect_data):
+    teacher = DetectionModel("yolov8n-p2.yaml", nc=3, verbose=False)
+    teacher.names = dict(enumerate(SHAPES[:3]))
+    torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "p2.pt")
+    with pytest.raises(SlimConfigError, match=r"has strides \[4\.0, 8\.0, 16\.0, 32\.0\]"):
+        YOLO("yolov8n.yaml").train(
+            **train_args(tmp_path, data=detect_data),
+            slim={"distill": {"teacher": str(tmp_path / "p2.pt"), "loss": "feature", "start": 0}},
+        )
+    assert not (tmp_path / "run").exists()

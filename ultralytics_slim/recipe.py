@@ -233,7 +233,9 @@ class DistillConfig(PhaseConfig):
     teacher: str = Field("self", description="'self' (the model the run starts from) or a checkpoint path")
     weight: float = Field(1.0, gt=0, description="weight of the distillation loss")
     loss: Literal["head", "feature", "head+feature"] = Field(
-        "head", description="'head': class scores and box distributions; 'feature': the neck features (teacher self)"
+        "head",
+        description="'head': class scores and box distributions; 'feature': the neck features, channel-wise (through "
+        "1x1 projectors trained beside the model for a checkpoint teacher)",
     )
     temperature: float = Field(1.0, gt=0, description="softening of teacher distributions")
     start: When = Field(0.0, description="first epoch with the teacher")
@@ -244,15 +246,6 @@ class DistillConfig(PhaseConfig):
     def _absolute(cls, v: str) -> str:
         """Store an existing teacher file as an absolute path, so `resume` from another directory finds it."""
         return str(Path(v).expanduser().resolve()) if v != "self" and Path(v).expanduser().is_file() else v
-
-    @model_validator(mode="after")
-    def _feature_needs_self(self) -> DistillConfig:
-        if "feature" in self.loss and self.teacher != "self":
-            raise ValueError(
-                f"loss={self.loss!r} compares channels one to one, which only 'teacher: self' allows (a pruned student's "
-                "channels are a subset of its unpruned self's); use loss: head with a checkpoint teacher"
-            )
-        return self
 
 
 class QuantizeConfig(PhaseConfig):

@@ -5,8 +5,10 @@ channels when the run starts, and which is pickled into checkpoints. Neither fit
 and must end as an ordinary checkpoint. This technique distils what does not depend on width: the class scores
 (a Bernoulli KL per class and anchor), the box distributions (KL per side for DFL heads, L1 for YOLO26's direct boxes) and any other
 per-anchor outputs (keypoints, angles, mask coefficients), each anchor weighted by the teacher's confidence; for
-classification, the logits (KL). The teacher lives beside the model, never inside it, so it is neither in the EMA nor
-in `best.pt`; `weights/teacher.pt` keeps it for `resume`.
+classification, the logits (KL); optionally the neck features, channel-wise, mapped to the teacher's channels by the
+pruning steps' record (`teacher: self`) or by 1x1 projectors trained beside the model (a checkpoint teacher). The
+teacher and the projectors live beside the model, never inside it, so neither is in the EMA or in `best.pt`;
+`weights/teacher.pt` keeps a `self` teacher for `resume`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules import Detect
@@ -77,6 +80,39 @@ def _head(model: nn.Module) -> str:
     return type(head).__name__ + (" (end-to-end)" if getattr(head, "end2end", False) else "")
 
 
+class Projectors(nn.Module):
+    """Per head input, a 1x1 convolution from the student's channels to a checkpoint teacher's (the alignment layer of
+    channel-wise distillation), trained with the student and dropped at the end: never in the model, the EMA or
+    `best.pt`.
+
+    A pruning step narrows the student's feature maps; `follow` then drops the input columns of the removed channels,
+    so that what was learned for the others is kept. `cols[i]` names the student channel (its index before the first
+    pruning step) that column j of projector i reads.
+    """
+
+    def __init__(self, student: list[int], teacher: list[int], cols: list[list[int]]):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(s, t, 1, bias=False) for s, t in zip(student, teacher))
+        self.cols = cols
+
+    def follow(self, kept: list[list[int] | None]) -> bool:
+        """Keep the columns of the channels that survived (`kept`: per input, its surviving channels, or None when
+        unpruned); True if a projector changed, so that its optimizer state must start afresh."""
+        changed = False
+        for i, k in enumerate(kept):
+            if k is None or k == self.cols[i]:
+                continue
+            pos = {c: j for j, c in enumerate(self.cols[i])}
+            old = self.convs[i]
+            new = nn.Conv2d(len(k), old.out_channels, 1, bias=False).to(old.weight)
+            new.weight.data = old.weight.data[:, [pos[c] for c in k]].clone()
+            self.convs[i], self.cols[i], changed = new, list(k), True
+        return changed
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(f) for conv, f in zip(self.convs, feats)]
+
+
 def feature_distill_loss(
     student: list[torch.Tensor], teacher: list[torch.Tensor], kept: list[list[int] | None], temperature: float = 1.0
 ) -> torch.Tensor:
@@ -85,7 +121,8 @@ def feature_distill_loss(
     Each channel's activations become a distribution over its spatial positions (softmax at `temperature`) and the
     student's is pulled towards the teacher's (KL): where a channel fires matters, not its scale, so a student in
     training-mode BatchNorm and a teacher in eval mode compare fairly. For `teacher: self` the student's channels are
-    a subset of the teacher's (`kept`, recorded by the pruning steps), so no projector is needed.
+    a subset of the teacher's (`kept`, recorded by the pruning steps), so no projector is needed; for a checkpoint
+    teacher the student's features come through `Projectors` and `kept` is None.
     """
     losses = []
     for s, t, idx in zip(student, teacher, kept):
@@ -94,6 +131,11 @@ def feature_distill_loss(
         t_log = F.log_softmax(t.float().flatten(2) / temperature, 2)
         losses.append((t_log.exp() * (t_log - s_log)).sum(2).mean() * temperature**2)
     return sum(losses) / len(losses)
+
+
+def _strides(model: nn.Module) -> list[float]:
+    """The head's strides: features are compared position by position, so a teacher must have the student's."""
+    return [float(x) for x in getattr(model.model[-1], "stride", [])]
 
 
 def _feats(preds: dict) -> list[torch.Tensor]:
@@ -157,6 +199,9 @@ class DistillTechnique(Technique):
         self._gains = (1.0, 1.0)  # the task's (cls, dfl) gains, which scale the head terms like the task's own
         self._bns: list[str] = []  # per head input: the BN whose kept channels map student features to the teacher's
         self._prune: Any = None  # the run's prune technique, which records the kept channels
+        self._proj: Projectors | None = None  # a checkpoint teacher's feature projectors, and their optimizer
+        self._proj_opt: torch.optim.Optimizer | None = None
+        self._lr: dict[str, Any] = {}  # the trainer's optimizer group whose learning rate the projectors follow
         self._sums = [0.0, 0.0]  # this epoch's task and distillation loss, for the distillation's share
 
     @classmethod
@@ -180,9 +225,9 @@ class DistillTechnique(Technique):
             return
         teacher = load_checkpoint(self.cfg.teacher)[0]
         student = unwrap_model(trainer.model)
-        ours = (_head(student), dict(trainer.data["names"]), student.yaml.get("channels", 3))
-        theirs = (_head(teacher), dict(teacher.names), teacher.yaml.get("channels", 3))
-        for what, a, b in zip(("head", "classes", "input channels"), ours, theirs):
+        ours = (_head(student), dict(trainer.data["names"]), student.yaml.get("channels", 3), _strides(student))
+        theirs = (_head(teacher), dict(teacher.names), teacher.yaml.get("channels", 3), _strides(teacher))
+        for what, a, b in zip(("head", "classes", "input channels", "strides"), ours, theirs):
             if a != b:
                 raise SlimConfigError(f"distill.teacher={self.cfg.teacher!r} has {what} {b}, the student has {a}")
         self._adopt(teacher, trainer)
@@ -209,6 +254,19 @@ class DistillTechnique(Technique):
             if not isinstance(model.model[-1], Detect):
                 raise SlimConfigError(f"distill.loss={self.cfg.loss!r} needs a Detect-family head, not {_head(model)}")
             self._bns, self._prune = _feature_bns(model), trainer.slim.technique("prune")
+            if self.cfg.teacher != "self":  # fresh on resume too: they are relearned in a few steps
+                kept = self._prune.kept if self._prune else {}
+                widths = [model.get_submodule(n).num_features for n in self._bns]
+                self._proj = Projectors(
+                    widths,
+                    [self.teacher.get_submodule(n).num_features for n in _feature_bns(self.teacher)],
+                    [list(kept.get(n, range(w))) for n, w in zip(self._bns, widths)],
+                ).to(trainer.device)
+                self._lr = next(
+                    (g for g in trainer.optimizer.param_groups if g.get("param_group") == "weight"),
+                    trainer.optimizer.param_groups[0],
+                )
+                self._proj_opt = self._projector_optimizer()
         model.criterion = DistillCriterion(getattr(model, "criterion", None) or model.init_criterion(), self)
         if self.cfg.teacher == "self" and trainer.start_epoch > 0 and self._teacher_file(trainer).exists():
             self._adopt(load_checkpoint(self._teacher_file(trainer))[0], trainer)
@@ -243,8 +301,42 @@ class DistillTechnique(Technique):
             loss = loss + head_distill_loss(preds, t_preds, self.cfg.temperature, self._gains)
         if "feature" in self.cfg.loss:
             kept = [self._prune.kept.get(n) if self._prune else None for n in self._bns]
-            loss = loss + feature_distill_loss(_feats(preds), _feats(t_preds), kept, self.cfg.temperature)
+            feats = _feats(preds)
+            if self._proj is not None:
+                if self._proj.follow(kept):  # a pruning step narrowed the student since the last batch
+                    self._proj_opt = self._projector_optimizer()
+                feats, kept = self._proj(feats), [None] * len(kept)
+            loss = loss + feature_distill_loss(feats, _feats(t_preds), kept, self.cfg.temperature)
         return self.cfg.weight * loss
+
+    def _projector_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW or SGD as the trainer's weights have it (its learning rate is copied at every step), no decay; under
+        DDP every rank starts from rank 0's projectors."""
+        if dist.is_available() and dist.is_initialized():
+            for p in self._proj.parameters():
+                dist.broadcast(p.data, 0)
+        params, g = self._proj.parameters(), self._lr
+        if "betas" in g:
+            return torch.optim.AdamW(params, lr=g["lr"], betas=g["betas"], weight_decay=0.0)
+        return torch.optim.SGD(params, lr=g["lr"], momentum=g.get("momentum", 0.9), nesterov=g.get("nesterov", False))
+
+    def on_grads_unscaled(self, trainer: Any) -> None:
+        """Step the projectors with the model: their gradients unscaled as AMP unscaled the model's, a step skipped
+        where AMP skips it (an overflow)."""
+        if self._proj_opt is None:
+            return
+        grads = [p.grad for p in self._proj.parameters() if p.grad is not None]
+        if grads and trainer.world_size > 1:  # DDP averages the model's gradients over ranks; these too
+            for g in grads:
+                dist.all_reduce(g)
+        if grads and all(bool(torch.isfinite(g).all()) for g in grads):
+            scale = trainer.scaler.get_scale() if trainer.scaler.is_enabled() else 1.0
+            for g in grads:
+                g.div_(scale * trainer.world_size)
+            for group in self._proj_opt.param_groups:
+                group["lr"] = self._lr["lr"]
+            self._proj_opt.step()
+        self._proj_opt.zero_grad(set_to_none=True)
 
     def record(self, task: float, distill: float) -> None:
         """Accumulate one batch's task and distillation loss (the share says whether distillation can matter)."""
