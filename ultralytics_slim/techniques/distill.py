@@ -326,13 +326,14 @@ class DistillTechnique(Technique):
         if self._proj_opt is None:
             return
         grads = [p.grad for p in self._proj.parameters() if p.grad is not None]
-        if grads and trainer.world_size > 1:  # DDP averages the model's gradients over ranks; these too
+        ranks = max(trainer.world_size, 1)  # 0 on CPU
+        if grads and ranks > 1:  # DDP averages the model's gradients over ranks; these too
             for g in grads:
                 dist.all_reduce(g)
         if grads and all(bool(torch.isfinite(g).all()) for g in grads):
             scale = trainer.scaler.get_scale() if trainer.scaler.is_enabled() else 1.0
             for g in grads:
-                g.div_(scale * trainer.world_size)
+                g.div_(scale * ranks)
             for group in self._proj_opt.param_groups:
                 group["lr"] = self._lr["lr"]
             self._proj_opt.step()
