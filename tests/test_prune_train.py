@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from ultralytics import YOLO
-from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.torch_utils import get_num_params
 
@@ -139,6 +139,27 @@ def test_resume_after_first_step_matches_uninterrupted_run(tmp_path, detect_data
     for ckpt in (resumed, full):
         assert abs(pruning.count_macs_params(ckpt["model"].float())[0] / base - 0.5) < 0.01
     assert learning_rates(tmp_path / "cut") == learning_rates(tmp_path / "full")  # lr_scale applied once, kept
+
+
+def test_nan_loss_after_a_pruning_step_recovers_from_the_pruned_model(tmp_path, detect_data):
+    """Ultralytics reloads last.pt into the live model after a NaN epoch; after a pruning step that must be the
+    pruned model (the one from the epoch before has the old shapes)."""
+    recovered = []
+
+    def poison(trainer):  # the loss of epoch 2, the one after the second step, turns NaN once
+        if trainer.epoch == 2 and not recovered:
+            trainer.loss = torch.tensor(float("nan"))
+            recover = trainer._handle_nan_recovery
+            trainer._handle_nan_recovery = lambda epoch: recovered.append(recover(epoch)) or recovered[-1]
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_end", poison)
+    recipe = {"prune": {"target": {"macs": 0.5}, "steps": 2, "start": 1, "end": 3}}
+    model.train(**train_args(tmp_path, data=detect_data, epochs=4), slim=recipe)
+    assert recovered[0] is True
+    assert model.trainer.slim.technique("prune").done == 2
+    best = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")[0]
+    assert get_num_params(best) < 0.6 * get_num_params(DetectionModel("yolov8n.yaml", nc=3, verbose=False))
 
 
 def test_optimizer_state_follows_the_kept_channels(tmp_path, detect_data):

@@ -191,6 +191,19 @@ class SlimTrainerMixin:
             )
         self.ema = ModelEMA(model)
         self.best_fitness, self.stopper = None, EarlyStopping(patience=self.args.patience)  # best.pt: final shape only
+        if RANK in {-1, 0} and self.epoch > self.start_epoch:
+            self._save_recovery_point()
+
+    def _save_recovery_point(self) -> None:
+        """Rewrite last.pt with the changed model, as of the end of the previous epoch. Ultralytics recovers from a
+        NaN loss by loading last.pt into the live model, which the shapes from before a pruning step do not fit; and
+        a `resume` after a crash in this epoch continues from the pruned model, whose step the saved state counts."""
+        epoch, period = self.epoch, self.save_period
+        self.epoch, self.save_period = epoch - 1, -1  # no epoch{n}.pt
+        try:
+            self.save_model()
+        finally:
+            self.epoch, self.save_period = epoch, period
 
     def save_model(self):
         """Record the techniques' state in `args.slim` (and so in `train_args`) before the stock checkpoint write."""
