@@ -5,7 +5,8 @@
                                                   `trainer_defaults` applied to the arguments the user did not set
     end of stock `_setup_train` (mixin)           `check` (real model and data), weights/start.pt, `setup`
     on_train_epoch_start (callback)               `on_epoch_start` of each technique in phase order; if one changed
-                                                  the model's structure, the trainer rebuilds optimizer, EMA, DDP;
+                                                  the model's structure, the trainer rebuilds optimizer, EMA, DDP
+                                                  and rewrites last.pt (Ultralytics' NaN recovery reloads it);
                                                   optimizer state follows the elements the techniques' `sources` trace
     optimizer step (wrapped `scaler.step`)        `on_grads_unscaled` (after AMP unscale and clipping), the stock
                                                   step, then `after_optimizer_step` (before the EMA update)
