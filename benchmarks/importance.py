@@ -110,7 +110,9 @@ def training_batches(args: argparse.Namespace) -> Any:
 
     cfg, data = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz}), check_det_dataset(args.data)
     loader = build_dataloader(build_yolo_dataset(cfg, data["train"], args.batch, data, mode="train"), args.batch, 0)
-    return SimpleNamespace(args=cfg, train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255})
+    return SimpleNamespace(
+        args=cfg, train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255}
+    )
 
 
 def curve(run: Path) -> list[float]:

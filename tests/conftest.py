@@ -6,17 +6,17 @@ import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-import pickletools  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import zipfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import pickletools
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
+import pytest
 
-from ultralytics_slim.data import make_dataset  # noqa: E402
+from ultralytics_slim.data import make_dataset
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +96,7 @@ def run_yolo(*words: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run the stock `yolo` console script, as a user would."""
     exe = shutil.which("yolo")
     assert exe, "the `yolo` command is not on PATH"
-    return subprocess.run([exe, *words], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([exe, *words], cwd=cwd, check=False, capture_output=True, text=True, timeout=600)
 
 
 def events(run_dir: Path) -> tuple[set[str], set[str]]:

@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
+from conftest import train_args
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils.torch_utils import get_num_params
 
-from conftest import train_args
 from ultralytics_slim.data import SHAPES
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.techniques.distill import Projectors, _feature_bns

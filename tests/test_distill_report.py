@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import Interrupt, events, interrupt_at, pickled_modules, run_yolo, train_args
 from ultralytics import YOLO
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
-from conftest import Interrupt, events, interrupt_at, pickled_modules, run_yolo, train_args
 from ultralytics_slim import monitor
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.recipe import load_recipe
@@ -57,12 +58,14 @@ def test_prune_with_self_teacher_resume_and_report(tmp_path, detect_data):
     assert float(final["latency_ms"]) > 0
     report = (run / "report.md").read_text()
     for row in (start, final):  # the table holds the figures of report.csv
-        assert re.search(rf"^\| {row['model']} \| .*\| {row['params']} \| ", report, re.M)
+        assert re.search(rf"^\| {row['model']} \| .*\| {row['params']} \| ", report, re.MULTILINE)
     assert "x smaller" in report
     # read from the run's start (the resumed process was given last.pt), so the report knows it began untrained
     assert "The starting model was untrained (model=yolov8n.yaml builds random weights" in report
-    assert re.search(r"^\| 1 \| 2 \| 3\.01 -> ", report, re.M)  # step 1, at the start of epoch 2, from 3.01M params
-    layers = dict(re.findall(r"^\| (model\.\S+) \| \d+ \| (\d+) \|", report, re.M))
+    assert re.search(
+        r"^\| 1 \| 2 \| 3\.01 -> ", report, re.MULTILINE
+    )  # step 1, at the start of epoch 2, from 3.01M params
+    layers = dict(re.findall(r"^\| (model\.\S+) \| \d+ \| (\d+) \|", report, re.MULTILINE))
     assert {n: int(c) for n, c in layers.items()} == monitor.channel_counts(load_checkpoint(best)[0])
     start_pt = run / "weights" / "start.pt"
     n0, n1 = (sum(map(len, monitor.batchnorm_gammas(load_checkpoint(p)[0]).values())) for p in (start_pt, best))
@@ -134,7 +137,7 @@ def test_checkpoint_teacher_distils(tmp_path, detect_data):
     import yaml
 
     teacher = DetectionModel("yolov8s.yaml", nc=3, verbose=False)
-    teacher.names = yaml.safe_load(open(detect_data))["names"]
+    teacher.names = yaml.safe_load(Path(detect_data).read_text())["names"]
     torch.save({"model": teacher.half(), "train_args": {"task": "detect"}}, tmp_path / "teacher.pt")
     YOLO("yolov8n.yaml").train(
         **train_args(tmp_path, data=detect_data),

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import Interrupt, cli, events, interrupt_at, run_yolo, train_args
 from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
 
-from conftest import Interrupt, cli, events, interrupt_at, run_yolo, train_args
 from ultralytics_slim import SlimDetectionTrainer, pruning
 from ultralytics_slim.data import make_dataset
 from ultralytics_slim.errors import SlimConfigError
@@ -78,7 +78,7 @@ def test_cli_typo_is_still_rejected_by_ultralytics(tmp_path, detect_data):
         "train", *cli(train_args(tmp_path, data=detect_data, model="yolov8n.yaml")), "slimm=prune.yaml", cwd=tmp_path
     )
     assert r.returncode != 0
-    assert re.search(r"'slimm' is not a valid YOLO argument.*\bslim\b", r.stdout + r.stderr, re.S)
+    assert re.search(r"'slimm' is not a valid YOLO argument.*\bslim\b", r.stdout + r.stderr, re.DOTALL)
 
 
 def test_python_path_records_recipe_and_resume_uses_it(tmp_path, detect_data):
@@ -120,7 +120,7 @@ m = YOLO("yolov8n.yaml")
 m.train(trainer=SlimDetectionTrainer, slim="sparsity.yaml", **{train_args(tmp_path, data=detect_data, epochs=1)!r})
 assert type(m.trainer).__name__ == "SlimDetectionTrainer"
 """
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "run" / "slim.yaml").exists()
 
@@ -137,11 +137,13 @@ def test_without_slim_ultralytics_is_stock(tmp_path, detect_data):
 
 def test_startup_hook_is_cheap_and_imports_nothing_heavy():
     code = "import sys; print('torch' in sys.modules, 'ultralytics' in sys.modules, 'ultralytics_slim._hook' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True).stdout.split()
     assert out == ["False", "False", "True"]
     costs = []
     for _ in range(5):
-        err = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True).stderr
+        err = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", "pass"], check=False, capture_output=True, text=True
+        ).stderr
         costs.append(sum(int(m) for m in re.findall(r"import time:\s+(\d+) \|.*ultralytics_slim", err)))
     assert min(costs) < 10_000, f"start-up hook costs {min(costs)} us"  # microseconds, self time of its modules
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BLOCK_PLUGIN, Interrupt, cli, interrupt_at, pickled_modules, run_yolo, train_args
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 from ultralytics.utils import LOGGER, YAML
 from ultralytics.utils.torch_utils import get_num_params
 
-from conftest import BLOCK_PLUGIN, Interrupt, cli, interrupt_at, pickled_modules, run_yolo, train_args
 from ultralytics_slim import monitor, pruning
 from ultralytics_slim.data import make_dataset
 from ultralytics_slim.errors import SlimConfigError
@@ -67,7 +67,7 @@ assert "ultralytics_slim" not in sys.modules
 print("params", sum(p.numel() for p in m.model.parameters()), "out", out[0].shape)
 """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"params {get_num_params(pruned)}" in r.stdout
 
@@ -225,7 +225,9 @@ def test_taylor_ranks_with_the_runs_own_loss(tmp_path, detect_data, cfg):
     halves, C2PSA attention, YOLO26's end-to-end loss), the target is met and the checkpoint loads without the plugin.
     The default `max_step_cut` (0.5) holds: half of every layer is enough for 50% of the MACs in one step, so no layer
     loses more, and the report says why."""
-    YOLO(cfg).train(**train_args(tmp_path, data=detect_data), slim={"prune": {**ONE_STEP["prune"], "importance": "taylor"}})
+    YOLO(cfg).train(
+        **train_args(tmp_path, data=detect_data), slim={"prune": {**ONE_STEP["prune"], "importance": "taylor"}}
+    )
     pruned = load_checkpoint(tmp_path / "run" / "weights" / "best.pt")[0]
     start = type(pruned)(cfg, nc=pruned.nc, verbose=False)
     assert 0.49 <= macs_ratio(start, pruned) <= 0.51
@@ -266,7 +268,9 @@ def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, cap
     assert "warmup_epochs=0 (Ultralytics' default 3.0): the first pruning step (epoch 2)" in caplog.text
     YOLO("yolov8n.yaml").train(**{**args, "name": "asked", "warmup_epochs": 2}, slim=ONE_STEP)
     late = {"prune": {**ONE_STEP["prune"], "start": 1, "end": 2}}
-    YOLO("yolov8n.yaml").train(**{**args, "name": "late", "warmup_epochs": 1}, slim=late)  # its step at the warmup's end
+    YOLO("yolov8n.yaml").train(
+        **{**args, "name": "late", "warmup_epochs": 1}, slim=late
+    )  # its step at the warmup's end
     kept = {n: YAML.load(tmp_path / n / "args.yaml")["warmup_epochs"] for n in ("auto", "asked", "late")}
     assert kept == {"auto": 0, "asked": 2, "late": 1}
     # the stock loop followed: without warmup, epoch 0 runs at the scheduled rate; with it, at a ramp from 0

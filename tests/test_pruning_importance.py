@@ -91,7 +91,9 @@ def test_taylor_ranks_by_the_loss_gradient() -> None:
             p.grad = torch.rand_like(p) * (case == "random" or not n.startswith(("model.22.cv2.2", "model.22.cv3.2")))
         r = pruning.prune_to(m, "macs", macs * 0.5, importance="taylor", imgsz=IMGSZ)
         assert 0.99 * macs * 0.5 <= r.macs_after <= macs * 0.5
-        assert any(r.channels_after[f"model.{i}.cv1.conv"] < r.channels_before[f"model.{i}.cv1.conv"] for i in (2, 4, 6))
+        assert any(
+            r.channels_after[f"model.{i}.cv1.conv"] < r.channels_before[f"model.{i}.cv1.conv"] for i in (2, 4, 6)
+        )
         kept[case] = [r.channels_after[f"model.22.{b}.2.{j}.conv"] for b in ("cv2", "cv3") for j in (0, 1)]
     assert kept["deaf P5"] == [8, 8, 8, 8] != kept["random"], kept
 

@@ -361,7 +361,7 @@ def test_module_imports_without_modelopt() -> None:
         "from ultralytics_slim.techniques import technique_class\n"
         "print(technique_class(PHASES['quantize']).__name__)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == "QuantizeTechnique"
 

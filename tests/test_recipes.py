@@ -10,10 +10,10 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from conftest import BLOCK_PLUGIN, cli, run_yolo, train_args
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.torch_utils import get_num_params
 
-from conftest import BLOCK_PLUGIN, cli, run_yolo, train_args
 from ultralytics_slim import export_int8_onnx, load_recipe
 from ultralytics_slim.recipe import shipped_recipes
 
@@ -52,6 +52,6 @@ metrics = m.val(data={detect_data!r}, imgsz=64, batch=8, plots=False, device="cp
 print("loaded", sum(p.numel() for p in m.model.parameters()))
 """
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    loaded = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert "loaded" in loaded.stdout

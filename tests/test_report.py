@@ -14,11 +14,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import train_args
 from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils import LOGGER
 
-from conftest import train_args
 from ultralytics_slim import monitor
 from ultralytics_slim.report import build_report
 
@@ -99,8 +99,8 @@ def test_report_states_what_sparsity_reached_and_what_each_step_cost(run):
     else:
         assert round(below * n0) >= n0 - n1 > 0 and "Sparsity worked" in report and not warned
 
-    assert re.findall(r"^\| (\d) \| (\d) \| ", report, re.M) == [("1", "2"), ("2", "3")]  # step, 1-based epoch
-    layers = dict(re.findall(r"^\| (model\.\S+) \| \d+ \| (\d+) \|", report, re.M))
+    assert re.findall(r"^\| (\d) \| (\d) \| ", report, re.MULTILINE) == [("1", "2"), ("2", "3")]  # step, 1-based epoch
+    layers = dict(re.findall(r"^\| (model\.\S+) \| \d+ \| (\d+) \|", report, re.MULTILINE))
     assert {n: int(c) for n, c in layers.items()} == monitor.channel_counts(final)
     assert "The starting model was untrained (model=yolov8n.yaml builds random weights" in report
     for png in ("report_channels.png", "report_gamma.png", "report_curves.png"):
@@ -133,9 +133,9 @@ def test_step_costs_come_from_the_validations_around_each_step(run, tmp_path, de
         writer.writerows(rows)
     build_report(copy, detect_data, 64, state(copy), device="cpu")
     report = (copy / "report.md").read_text()
-    assert re.search(r"^\| 1 \| 2 \| .* \| 0\.300 \| 0\.100 \(-20\.0 pts\) \| next step \|", report, re.M)
+    assert re.search(r"^\| 1 \| 2 \| .* \| 0\.300 \| 0\.100 \(-20\.0 pts\) \| next step \|", report, re.MULTILINE)
     second = r"^\| 2 \| 3 \| .* \| 0\.100 \| 0\.050 \(-5\.0 pts\) \| 0\.250 \(epoch 4\) \| \+20\.0 pts, all of it \|"
-    assert re.search(second, report, re.M)
+    assert re.search(second, report, re.MULTILINE)
     assert (
         "0.300 before the first step, 0.050 at the lowest (epoch 3), 0.250 at the end (epoch 4): fine-tuning "
         "recovered 80% of the drop" in report

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_args
 from ultralytics import YOLO
 from ultralytics.nn.tasks import load_checkpoint
 
-from conftest import train_args
 from ultralytics_slim import SlimDetectionTrainer, pruning
 from ultralytics_slim.data import make_dataset
 

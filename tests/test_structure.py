@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 import pytest
 import yaml
+from conftest import train_args
 from pydantic import Field
 from ultralytics import YOLO
 
-from conftest import train_args
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.recipe import PHASES, PhaseConfig, When, load_recipe, register_phase, unregister_phase
 from ultralytics_slim.schedule import build_schedule

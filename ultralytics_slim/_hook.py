@@ -16,7 +16,7 @@ def _apply(name: str, module: object) -> None:
         from ultralytics_slim import _patch
 
         _patch.apply(name, module)
-    except Exception as e:  # a broken plugin must never break stock Ultralytics
+    except Exception as e:  # noqa: BLE001 - a broken plugin must never break stock Ultralytics
         import warnings
 
         warnings.warn(f"ultralytics-slim could not patch {name}, slim= is unavailable: {e!r}", stacklevel=2)
@@ -55,10 +55,9 @@ def install() -> None:
     """Register the finder once, unless Ultralytics is already imported (then patch right away)."""
     if _Finder in sys.meta_path:
         return
-    for name in list(_TARGETS):
-        if name in sys.modules:
-            _TARGETS.discard(name)
-            _apply(name, sys.modules[name])
+    for name in _TARGETS & sys.modules.keys():  # a new set: _TARGETS shrinks in the loop
+        _TARGETS.discard(name)
+        _apply(name, sys.modules[name])
     if _TARGETS:
         sys.meta_path.insert(0, _Finder)
 

@@ -25,7 +25,7 @@ def _resumes_slim_run(model: Any, resume: Any) -> bool:
 
         try:  # a missing path resumes the latest run, as in `BaseTrainer.check_resume`
             resumed, ckpt = load_checkpoint(resume if Path(resume).is_file() else get_latest_run())
-        except Exception:  # nothing to resume: the stock trainer reports it in its own words
+        except Exception:  # noqa: BLE001 - nothing to resume: the stock trainer reports it in its own words
             return False
     else:
         resumed, ckpt = model.model, model.ckpt or {}

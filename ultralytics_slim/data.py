@@ -265,7 +265,15 @@ def make_dataset(
         raise ValueError(f"n_train and n_val must be at least {least} for task={task!r}, not {n_train} and {n_val}")
     root = Path(root).resolve()
     out = root if task == "classify" else root / "data.yaml"
-    params = dict(format=_FORMAT, task=task, n_train=n_train, n_val=n_val, imgsz=imgsz, nc=nc, seed=seed)
+    params = {
+        "format": _FORMAT,
+        "task": task,
+        "n_train": n_train,
+        "n_val": n_val,
+        "imgsz": imgsz,
+        "nc": nc,
+        "seed": seed,
+    }
     marker = root / MARKER
     if marker.is_file():
         if json.loads(marker.read_text()) == {**params, "complete": True} and out.exists():

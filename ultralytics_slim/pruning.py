@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn as nn
 import torch_pruning as tp
+from torch import nn
 from ultralytics.nn.modules import C2, C2PSA, DFL, PSA, Attention, C2f, Conv, Detect, Proto
 
 from ultralytics_slim.errors import SlimConfigError
 from ultralytics_slim.importance import IMPORTANCES, NEEDS_GRADIENTS, Allocation
 from ultralytics_slim.monitor import channel_counts
-
 
 _UNSET = object()
 _CONV = nn.modules.conv._ConvNd
@@ -450,9 +449,9 @@ def _fixed_and_banned(
         if twin.stock[0].cv1.conv in fixed:
             fixed |= {twin.cv1a.conv, twin.cv1b.conv}
     for m in model.modules():
-        if isinstance(m, Attention) and any(c in fixed for c in m.modules()):
-            banned.add(m)
-        elif isinstance(m, _CONV) and 1 < m.groups and not _depthwise(m):
+        if (isinstance(m, Attention) and any(c in fixed for c in m.modules())) or (
+            isinstance(m, _CONV) and 1 < m.groups and not _depthwise(m)
+        ):
             banned.add(m)
     return fixed, banned, outputs
 

@@ -16,7 +16,7 @@ import difflib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DOCS = "the Recipes section of the ultralytics-slim README (examples: ultralytics_slim/recipes/)"
 
-When = Union[int, float]  # int: an epoch; float in [0, 1]: a fraction of the run's epochs
+When = int | float  # int: an epoch; float in [0, 1]: a fraction of the run's epochs
 
 
 class _Section(BaseModel):
@@ -72,11 +72,11 @@ class SparsityConfig(PhaseConfig):
     method: Literal["bn_l1", "group_lasso"] = Field(
         "bn_l1", description="BN scales (and shifts), or every weight of a coupled channel"
     )
-    strength: Union[Literal["auto"], float] = Field(
+    strength: Literal["auto"] | float = Field(
         "auto",
         description="'auto': fade what pruning removes to zero; a number: decoupled L1, shrink lr * strength per step",
     )
-    goal: Optional[float] = Field(
+    goal: float | None = Field(
         None,
         gt=0,
         lt=1,
@@ -160,7 +160,7 @@ class PruneConfig(PhaseConfig):
     steps: int = Field(3, ge=1, le=100, description="number of pruning steps spread over [start, end)")
     start: When = Field(0, description="epoch of the first pruning step (early: the most epochs left to recover)")
     end: When = Field(0.3, description="epoch by which the target is reached")
-    round_to: Union[Literal["auto"], int] = Field(
+    round_to: Literal["auto"] | int = Field(
         "auto",
         description="kept channel counts are multiples of this; auto: 8, or for a latency target the block the CPU's "
         "convolution kernels compute in (16 with AVX-512, 8 otherwise)",
@@ -352,7 +352,7 @@ class Recipe(BaseModel):
 
 @functools.cache
 def _recipe_model(phases: tuple[Phase, ...]) -> type[Recipe]:
-    return create_model("Recipe", __base__=Recipe, **{p.key: (Optional[p.config], None) for p in phases})
+    return create_model("Recipe", __base__=Recipe, **{p.key: (p.config | None, None) for p in phases})
 
 
 def recipe_model() -> type[Recipe]:

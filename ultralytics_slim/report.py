@@ -232,8 +232,10 @@ def _steps(r: _Run, start_map: float) -> list[str]:
     lines = [
         "## Pruning steps",
         "",
-        "Val mAP50-95: *before* is the last validation before the step, *after* the one at the end of the step's epoch "
-        "(one epoch of fine-tuning), *later* the last one before the next step or at the end of the run.",
+        (
+            "Val mAP50-95: *before* is the last validation before the step, *after* the one at the end of the step's "
+            "epoch (one epoch of fine-tuning), *later* the last one before the next step or at the end of the run."
+        ),
         "",
         "| step | at epoch | params (M) | GFLOPs | mAP50-95 before | after | later | recovered of the step's drop |"
         + (" latency (ms) |" if timed else ""),
@@ -270,8 +272,10 @@ def _steps(r: _Run, start_map: float) -> list[str]:
         if low < first:
             lines += [
                 "",
-                f"Over the run: {first:.3f} before the first step, {low:.3f} at the lowest (epoch {at}), {end:.3f} at "
-                f"the end (epoch {last}): fine-tuning recovered {(end - low) / (first - low):.0%} of the drop.",
+                (
+                    f"Over the run: {first:.3f} before the first step, {low:.3f} at the lowest (epoch {at}), {end:.3f} "
+                    f"at the end (epoch {last}): fine-tuning recovered {(end - low) / (first - low):.0%} of the drop."
+                ),
             ]
     return [*lines, ""]
 

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 import ultralytics.utils
 from torch import nn
-
 from ultralytics.cfg import cfg2dict, get_cfg, get_save_dir
 from ultralytics.models.yolo.classify import ClassificationTrainer
 from ultralytics.models.yolo.detect import DetectionTrainer

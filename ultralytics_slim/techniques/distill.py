@@ -211,7 +211,7 @@ class DistillTechnique(Technique):
             return
         try:
             load_checkpoint(cfg.teacher)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the user gets which key and why
             raise SlimConfigError(
                 f"distill.teacher={cfg.teacher!r} is not a readable Ultralytics checkpoint: {e}"
             ) from None
