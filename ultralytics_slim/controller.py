@@ -10,6 +10,8 @@
                                                   optimizer state follows the elements the techniques' `sources` trace
     optimizer step (wrapped `scaler.step`)        `on_grads_unscaled` (after AMP unscale and clipping), the stock
                                                   step, then `after_optimizer_step` (before the EMA update)
+    validate (mixin, every epoch's validation)    `before_validation` of each technique (on the EMA model), then the
+                                                  stock validation
     save_metrics (mixin, rank 0, once per epoch)  figures of every technique -> results.csv columns and TensorBoard
     save_model (mixin)                            state of every technique -> args.slim -> checkpoint train_args
     on_train_end (callback, rank 0)               report; TensorBoard writer closed
@@ -101,6 +103,11 @@ class SlimController:
         """Weight-side updates (proximal steps) right after the optimizer step."""
         for t in self.techniques:
             t.after_optimizer_step(trainer)
+
+    def before_validation(self, trainer: Any) -> None:
+        """Let each technique prepare the EMA model that is about to be validated and saved."""
+        for t in self.techniques:
+            t.before_validation(trainer)
 
     def on_epoch_metrics(self, trainer: Any) -> dict[str, float]:
         """The plugin's per-epoch figures, also written to TensorBoard; the same keys every epoch (results.csv)."""

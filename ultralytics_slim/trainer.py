@@ -204,6 +204,12 @@ class SlimTrainerMixin:
         finally:
             self.epoch, self.save_period = epoch, period
 
+    def validate(self):
+        """The techniques prepare the EMA model first (after a pruning step: fresh BatchNorm statistics)."""
+        if self.slim:
+            self.slim.before_validation(self)
+        return super().validate()
+
     def save_model(self):
         """Record the techniques' state in `args.slim` (and so in `train_args`) before the stock checkpoint write."""
         if self.slim:

@@ -63,6 +63,9 @@ class Technique:
     def after_optimizer_step(self, trainer: Any) -> None:
         """Modify weights right after the optimizer step (e.g. a proximal step), before the EMA update."""
 
+    def before_validation(self, trainer: Any) -> None:
+        """Act on the EMA model right before the epoch's validation, which is also what the epoch saves."""
+
     def metrics(self, trainer: Any) -> dict[str, float]:
         """Per-epoch figures for results.csv and TensorBoard; the same keys every epoch."""
         return {}
