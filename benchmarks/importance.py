@@ -6,7 +6,8 @@
     python benchmarks/importance.py ... --criteria bn_scale_norm,l2 --seeds 0,1
 
 For every criterion (and seed) a copy of `--model` is pruned to `--macs` of its MACs with `prune_to` (after the prune
-technique's gradient pass over 16 training batches for a gradient criterion such as `taylor`), validated at once,
+technique's gradient pass over 16 training batches for a gradient criterion such as `taylor`), given BatchNorm
+statistics of its own weights as the technique gives them (8 training batches), validated at once,
 saved as a pruned checkpoint and fine-tuned by a stock `YOLO(pt).train(...)` with the same hyperparameters for every
 criterion. The criterion decides both which channels go and how the cut is shared between layers, so each record also
 keeps the layer left with the smallest fraction of its channels. Records go to `--out/<criterion>-s<seed>.json` and are
@@ -73,17 +74,19 @@ def prune(criterion: str, args: argparse.Namespace, folder: Path) -> tuple[Path,
     from ultralytics_slim import pruning
     from ultralytics_slim.importance import NEEDS_GRADIENTS
     from ultralytics_slim.markers import PRUNED_KEY
-    from ultralytics_slim.techniques.prune import loss_gradients
+    from ultralytics_slim.techniques.prune import loss_gradients, recalibrate_bn
 
     yolo = YOLO(args.model)
     model = yolo.model.float()
     macs, _ = pruning.count_macs_params(model, args.imgsz)
+    trainer = training_batches(args)
     if criterion in NEEDS_GRADIENTS:
-        trainer, saved = training_batches(args), model.args
+        saved = model.args
         model.args = trainer.args  # the loss's gains, as `yolo train` sets them
         loss_gradients(model, trainer)
         model.args = saved
     r = pruning.prune_to(model, "macs", macs * args.macs, importance=criterion, imgsz=args.imgsz, seed=0)
+    recalibrate_bn(model, trainer)  # as the technique does after a step
     model.yaml[PRUNED_KEY] = True  # as the prune technique marks it: rebuilt from the file, not from the yaml scale
     kept = {n: r.channels_after[n] / c for n, c in r.channels_before.items()}
     worst = min(kept, key=lambda n: (kept[n], n))
