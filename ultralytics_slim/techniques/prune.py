@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,23 @@ def _batches(trainer: Any, n: int) -> Iterator[dict]:
         yield trainer.preprocess_batch(batch)
 
 
+@contextmanager
+def _batch_statistics(model: nn.Module, momentum: float | None) -> Iterator[list[nn.Module]]:
+    """Train mode (BatchNorm normalizing with batch statistics), every BatchNorm's running statistics updated with
+    `momentum`; the momenta and the mode are restored on exit. Yields the BatchNorm layers."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, mode = [m.momentum for m in bns], model.training
+    for m in bns:
+        m.momentum = momentum
+    model.train()
+    try:
+        yield bns
+    finally:
+        for m, kept in zip(bns, momenta):
+            m.momentum = kept
+        model.train(mode)
+
+
 def recalibrate_bn(model: nn.Module, trainer: Any, batches: int = BN_BATCHES) -> None:
     """Replace every BatchNorm's running statistics with their average over `batches` training batches of the model
     as it is now.
@@ -108,20 +126,11 @@ def recalibrate_bn(model: nn.Module, trainer: Any, batches: int = BN_BATCHES) ->
     (YOLOv8s to YOLOv8n's MACs, 32 batches an epoch) the first step's epoch validated at 0.000 mAP50-95, and the same
     weights at 0.254 with fresh statistics. Gradients and the weights are left as they are.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta, mode = [m.momentum for m in bns], model.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-    model.train()
-    try:
-        with torch.no_grad():
-            for batch in _batches(trainer, batches):
-                model(batch["img"])
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        model.train(mode)
+    with _batch_statistics(model, momentum=None) as bns, torch.no_grad():  # None: a cumulative average
+        for m in bns:
+            m.reset_running_stats()
+        for batch in _batches(trainer, batches):
+            model(batch["img"])
 
 
 def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCHES) -> None:
@@ -135,28 +144,21 @@ def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCH
     term, `taylor` cut a high-resolution layer to half of what it kept without a teacher, README), and the pass must
     not count into the distillation's share of the loss.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta, mode = [m.momentum for m in bns], model.training
     needs = {p: p.requires_grad for p in model.parameters()}
     criterion = getattr(model, "criterion", None)
     if isinstance(criterion, DistillCriterion):
         model.criterion = criterion.criterion
-    for m in bns:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-    model.train()
     model.zero_grad(set_to_none=True)
     for p in needs:
         p.requires_grad_(True)
     try:
-        for batch in _batches(trainer, batches):
-            loss, _ = model(batch)
-            loss.sum().backward()
+        with _batch_statistics(model, momentum=0.0):  # running = 1 * running + 0 * batch: unchanged
+            for batch in _batches(trainer, batches):
+                loss, _ = model(batch)
+                loss.sum().backward()
     finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
         for p, needed in needs.items():
             p.requires_grad_(needed)
-        model.train(mode)
         model.criterion = criterion
     for p in needs:
         if p.grad is None:
