@@ -101,9 +101,9 @@ def prune(criterion: str, args: argparse.Namespace, folder: Path) -> tuple[Path,
     }
 
 
-def training_batches(args: argparse.Namespace) -> Any:
+def training_batches(args: argparse.Namespace, **overrides: Any) -> Any:
     """What the prune technique reads its loss gradients from (a trainer's args, loader and batch preprocessing): the
-    training set as `yolo train` batches it."""
+    training set as `yolo train` batches it (with `overrides` of its training arguments, e.g. mosaic=0.0)."""
     from types import SimpleNamespace
 
     from ultralytics.cfg import get_cfg
@@ -111,7 +111,7 @@ def training_batches(args: argparse.Namespace) -> Any:
     from ultralytics.data.utils import check_det_dataset
     from ultralytics.utils import DEFAULT_CFG
 
-    cfg, data = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz}), check_det_dataset(args.data)
+    cfg, data = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz, **overrides}), check_det_dataset(args.data)
     loader = build_dataloader(build_yolo_dataset(cfg, data["train"], args.batch, data, mode="train"), args.batch, 0)
     return SimpleNamespace(
         args=cfg, train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255}
