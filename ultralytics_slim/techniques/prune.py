@@ -124,7 +124,7 @@ def recalibrate_bn(model: nn.Module, trainer: Any, batches: int = BN_BATCHES) ->
     summed more channels; they then follow the pruned network only at Ultralytics' momentum of 0.03 per batch. Training
     does not use them (batch statistics), but validation, `best.pt` and the report do: on the benchmark's deepest cut
     (YOLOv8s to YOLOv8n's MACs, 32 batches an epoch) the first step's epoch validated at 0.000 mAP50-95, and the same
-    weights at 0.254 with fresh statistics. Gradients and the weights are left as they are.
+    weights at 0.253 with fresh statistics. Gradients and the weights are left as they are.
     """
     with _batch_statistics(model, momentum=None) as bns, torch.no_grad():  # None: a cumulative average
         for m in bns:
