@@ -361,3 +361,39 @@ def test_validated_model_has_batchnorm_statistics_of_its_own_weights(tmp_path, d
     shifts = torch.cat([(a.running_mean - b.running_mean).abs() / b.running_var.sqrt() for a, b in pairs])
     assert shifts.max() < 1e-3, f"validated BatchNorm means are up to {shifts.max():.3f} sd from the weights' own"
     assert {a.momentum for a, _ in pairs} == {0.03} and not validated.training  # Ultralytics' settings are back
+
+
+def test_passes_over_the_data_leave_the_trained_weights_as_they_are(tmp_path, detect_data, monkeypatch):
+    """The gradient pass of a `taylor` step and the BatchNorm re-estimation draw batches of their own: however often
+    they draw, the run trains the same weights (on the same batches, under the same random draws); only the
+    statistics they re-estimate differ."""
+    recipe = {"prune": {"target": {"macs": 0.5}, "steps": 2, "start": 1, "end": 3}}  # importance auto: taylor
+    # workers=0: the run loads its images in this process, where the passes load theirs; mosaic on all the way
+    # (close_mosaic=0) draws partner images from the dataset's buffer, which batch=1 keeps at 8 of the 16 images, so
+    # every load changes it (without putting it back, the weights differ, as they do without own random states)
+    args = train_args(tmp_path, data=detect_data, epochs=4, batch=1, seed=0, deterministic=True, close_mosaic=0)
+
+    def train(name: str) -> dict[str, torch.Tensor]:
+        YOLO("yolov8n.yaml").train(**{**args, "name": name}, slim={**recipe, "report": {"latency_runs": 0}})
+        return torch.load(tmp_path / name / "weights" / "last.pt", weights_only=False)["model"].float().state_dict()
+
+    from ultralytics_slim.techniques import batches, prune
+
+    plain = train("plain")
+    draw = batches.side_batches
+
+    def twice(trainer, n):  # one more draw first, thrown away
+        for _ in draw(trainer, n):
+            pass
+        yield from draw(trainer, n)
+
+    monkeypatch.setattr(prune, "side_batches", twice)
+    monkeypatch.setattr(prune, "recalibrate_bn", lambda model, trainer: None)
+    skipped = train("no-reestimation")
+    assert plain.keys() == skipped.keys()
+    stats = {k for k in plain if k.endswith(("running_mean", "running_var"))}
+    weights = [k for k in plain if k not in stats and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(plain[k], skipped[k]) for k in weights), [
+        k for k in weights if not torch.equal(plain[k], skipped[k])
+    ][:5]
+    assert any(not torch.equal(plain[k], skipped[k]) for k in stats)  # the re-estimation did run in the first

@@ -289,27 +289,22 @@ def test_recipe_starts_qat_mid_run_and_resume_keeps_it(tmp_path: Path, detect_da
 
 
 class _Trainer(SimpleNamespace):
-    """The trainer attributes the technique reads, around a real model; calibration batches are plain tensors."""
+    """The trainer attributes the technique reads, around a real model; its training set is plain image tensors."""
 
     def __init__(self, epoch: int, **args):
-        defaults = {"quantize": None, "compile": False, "close_mosaic": 10, "cache": "ram", "mosaic": 1.0}
+        defaults = {"quantize": None, "compile": False, "seed": 0, "close_mosaic": 10}
         super().__init__(
             model=DetectionModel("yolov8n.yaml", nc=3, verbose=False),
             epoch=epoch,
             epochs=4,
-            batch_size=4,
-            world_size=1,
             resume=False,
-            data={"train": "images/train"},
+            train_loader=SimpleNamespace(dataset=[torch.rand(3, IMGSZ, IMGSZ) for _ in range(12)], batch_size=4),
             args=SimpleNamespace(**{**defaults, **args}),
-            loader_calls=[],
+            calibrated=[],
         )
 
-    def get_dataloader(self, path: str, batch_size: int, rank: int, mode: str) -> list[torch.Tensor]:
-        self.loader_calls.append({"path": path, "rank": rank, "mode": mode, **vars(self.args)})
-        return [torch.rand(batch_size, 3, IMGSZ, IMGSZ) for _ in range(3)]
-
     def preprocess_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calibrated.append(batch)
         return batch
 
 
@@ -321,13 +316,11 @@ def test_technique_prepares_once_at_window_start() -> None:
     trainer.epoch = 2
     assert technique.on_epoch_start(trainer) is True
     assert trainer.model is model and is_qat(model) and trainer.args.quantize == 8
-    (call,) = trainer.loader_calls
-    assert call["rank"] == -1 and call["mode"] == "train" and call["cache"] is False
-    assert call["mosaic"] == 0.0  # epoch 2 of 4 lies in close_mosaic=10, so calibration sees what training sees
-    assert trainer.args.cache == "ram" and trainer.args.mosaic == 1.0  # overrides are undone
+    # calibrated on calib_batches (2) of the 3 batches of the training set the trainer trains on
+    assert [b.shape for b in trainer.calibrated] == [(4, 3, IMGSZ, IMGSZ)] * 2
 
     trainer.epoch = 3
-    assert technique.on_epoch_start(trainer) is False and len(trainer.loader_calls) == 1
+    assert technique.on_epoch_start(trainer) is False and len(trainer.calibrated) == 2
 
 
 def test_check_rejects_quantize_arg_and_compile() -> None:

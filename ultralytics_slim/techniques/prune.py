@@ -29,6 +29,7 @@ from ultralytics_slim.importance import NEEDS_GRADIENTS, Allocation
 from ultralytics_slim.markers import PRUNED_KEY
 from ultralytics_slim.recipe import PruneConfig
 from ultralytics_slim.techniques.base import Technique
+from ultralytics_slim.techniques.batches import side_batches
 from ultralytics_slim.techniques.distill import DistillCriterion
 
 PREFIX = colorstr("Slim prune: ")
@@ -91,14 +92,6 @@ def macs_for_latency(
     return below[0] * macs, below[1], below[2]
 
 
-def _batches(trainer: Any, n: int) -> Iterator[dict]:
-    """The trainer's next `n` training batches, preprocessed as it trains on them (its augmentations)."""
-    for i, batch in enumerate(trainer.train_loader):
-        if i == n:
-            return
-        yield trainer.preprocess_batch(batch)
-
-
 @contextmanager
 def _batch_statistics(model: nn.Module, momentum: float | None) -> Iterator[list[nn.Module]]:
     """Train mode (BatchNorm normalizing with batch statistics), every BatchNorm's running statistics updated with
@@ -129,7 +122,7 @@ def recalibrate_bn(model: nn.Module, trainer: Any, batches: int = BN_BATCHES) ->
     with _batch_statistics(model, momentum=None) as bns, torch.no_grad():  # None: a cumulative average
         for m in bns:
             m.reset_running_stats()
-        for batch in _batches(trainer, batches):
+        for batch in side_batches(trainer, batches):
             model(batch["img"])
 
 
@@ -137,7 +130,7 @@ def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCH
     """Leave in every parameter's `.grad` the task loss's gradient summed over `batches` training batches, for the
     criteria that rank by it (`taylor`).
 
-    Batches as the trainer draws them (its augmentations), BatchNorm normalizing with batch statistics as in training
+    Batches with the trainer's augmentations (`side_batches`: the run's own are untouched), BatchNorm normalizing with batch statistics as in training
     but with its running statistics left as they are, every parameter (frozen ones too) given a gradient, and the sum
     averaged over DDP ranks, so that every rank ranks the same numbers. A parameter the loss does not reach gets zeros.
     The task loss only, without a distillation term: what the pruned model must keep is what the task needs (with the
@@ -153,7 +146,7 @@ def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCH
         p.requires_grad_(True)
     try:
         with _batch_statistics(model, momentum=0.0):  # running = 1 * running + 0 * batch: unchanged
-            for batch in _batches(trainer, batches):
+            for batch in side_batches(trainer, batches):
                 loss, _ = model(batch)
                 loss.sum().backward()
     finally:

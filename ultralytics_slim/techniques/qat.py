@@ -16,7 +16,6 @@ from typing import Any
 
 from torch import nn
 from ultralytics.utils import LOGGER, colorstr
-from ultralytics.utils.patches import override_configs
 from ultralytics.utils.torch_utils import is_qat, prepare_qat, unwrap_model
 
 from ultralytics_slim.deploy import fast_dfl
@@ -24,10 +23,10 @@ from ultralytics_slim.errors import SlimConfigError, SlimDependencyError
 from ultralytics_slim.qdq import fold_weight_qdq, integer_convs
 from ultralytics_slim.recipe import QuantizeConfig
 from ultralytics_slim.techniques.base import Technique
+from ultralytics_slim.techniques.batches import side_batches
 
 PREFIX = colorstr("Slim: ")
 INSTALL = 'pip install "ultralytics-slim[qat]"'
-MOSAIC_AUGMENT = ("mosaic", "copy_paste", "mixup", "cutmix")  # what the trainer's close_mosaic switches off
 CALIB_IMAGES = 128  # images that calibrate the INT8 ONNX's convolution outputs
 
 
@@ -67,13 +66,9 @@ class QuantizeTechnique(Technique):
         model = unwrap_model(trainer.model)
         if trainer.epoch < self.window.start or is_qat(model):  # is_qat: done earlier, or restored on resume
             return False
-        batch = max(trainer.batch_size // max(trainer.world_size, 1), 1) if trainer.batch_size >= 1 else 16
-        overrides = {"cache": False}  # calibration must not cache the dataset a second time
-        if trainer.args.close_mosaic and trainer.epoch >= trainer.epochs - trainer.args.close_mosaic:
-            overrides |= dict.fromkeys(MOSAIC_AUGMENT, 0.0)  # calibrate on the kind of images this epoch trains on
-        with override_configs(trainer.args, overrides):
-            loader = trainer.get_dataloader(trainer.data["train"], batch_size=batch, rank=-1, mode="train")
-        quantized = prepare_qat(model, loader, trainer.preprocess_batch, self.cfg.calib_batches)
+        # calibrate on the kind of images this epoch trains on (mosaic closed or not), without moving the run's data
+        batches = side_batches(trainer, self.cfg.calib_batches)
+        quantized = prepare_qat(model, batches, lambda batch: batch, self.cfg.calib_batches)  # batches: preprocessed
         if trainer.model is model:  # ModelOpt converts in place, so a DDP wrapper still holds the model
             trainer.model = quantized
         trainer.args.quantize = 8  # from here on, stock save/resume/load treat the run as a QAT run
