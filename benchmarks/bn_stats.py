@@ -10,10 +10,10 @@ With `--train`, `--model` is first trained by `yolo train` with that recipe (the
 nbs 16, workers 0, seed 0, deterministic) and stopped after `--stop-after` epochs; its `last.pt` is what is measured
 (with `--epochs 10` every epoch is a close-mosaic one, as in the benchmark's fine-tunes). The checkpoint is validated
 as saved, then once per `--batches` entry with the running statistics re-estimated by the prune technique's
-`recalibrate_bn` over that many training batches (at most one pass over the set, mosaic off; each entry draws
-the next batches). Also printed: per
-BatchNorm layer, the median over channels of running variance / re-estimated variance (the first entry's).
-`--stale` trains without the technique's own re-estimation, as the plugin did before commit 689c4d8.
+`recalibrate_bn` over that many training batches (at most one pass over the set, mosaic off; each entry a draw
+of its own). Also printed: per BatchNorm layer, the median over channels of running variance / re-estimated variance
+(the first entry's). `--stale` trains without the technique's own re-estimation: the same weights (its batches never
+move the run's), with the statistics training left them, as the plugin saved them before commit 689c4d8.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
     p.add_argument("--stop-after", type=int, default=1, help="stop the training after this many epochs")
     p.add_argument("--out", default="runs/bn_stats", help="where the training goes (with --train)")
     p.add_argument(
-        "--stale", action="store_true", help="train as the plugin did before 689c4d8: no re-estimation during training"
+        "--stale",
+        action="store_true",
+        help="train without the re-estimation: the statistics as the plugin saved them before 689c4d8",
     )
     args = p.parse_args()
 
@@ -81,8 +83,9 @@ def main() -> None:
 
     print(f"{pt}: val mAP50-95 as saved {val(deepcopy(saved)):.4f}")
     fresh = []
-    for n in args.batches:
+    for k, n in enumerate(args.batches):
         model = deepcopy(saved)
+        batches.args.seed = k  # a draw of its own per entry (the technique draws one per seed and epoch)
         recalibrate_bn(model, batches, n)
         fresh.append(model)
         n = min(n, len(batches.train_loader))  # at most one pass over the set

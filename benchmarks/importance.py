@@ -102,7 +102,7 @@ def prune(criterion: str, args: argparse.Namespace, folder: Path) -> tuple[Path,
 
 
 def training_batches(args: argparse.Namespace, **overrides: Any) -> Any:
-    """What the prune technique reads its loss gradients from (a trainer's args, loader and batch preprocessing): the
+    """What the prune technique reads its batches from (a trainer's args, epoch, loader and batch preprocessing): the
     training set as `yolo train` batches it (with `overrides` of its training arguments, e.g. mosaic=0.0)."""
     from types import SimpleNamespace
 
@@ -113,8 +113,12 @@ def training_batches(args: argparse.Namespace, **overrides: Any) -> Any:
 
     cfg, data = get_cfg(DEFAULT_CFG, {"imgsz": args.imgsz, **overrides}), check_det_dataset(args.data)
     loader = build_dataloader(build_yolo_dataset(cfg, data["train"], args.batch, data, mode="train"), args.batch, 0)
-    return SimpleNamespace(
-        args=cfg, train_loader=loader, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255}
+    return SimpleNamespace(  # epoch 0 of a run of cfg.epochs (100): mosaic as the arguments say
+        args=cfg,
+        epoch=0,
+        epochs=cfg.epochs,
+        train_loader=loader,
+        preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255},
     )
 
 
