@@ -6,7 +6,6 @@ change the per-layer allocation the way their docstrings say.
 
 from __future__ import annotations
 
-import itertools
 from copy import deepcopy
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +17,7 @@ from ultralytics.nn.tasks import DetectionModel
 
 from ultralytics_slim import pruning
 from ultralytics_slim.errors import SlimConfigError
+from ultralytics_slim.techniques.batches import side_batches
 from ultralytics_slim.techniques.distill import DistillCriterion
 from ultralytics_slim.techniques.prune import loss_gradients
 
@@ -108,11 +108,16 @@ def gradient_setup(data_yaml: str) -> tuple[DetectionModel, Any]:
     args = get_cfg(DEFAULT_CFG, {"imgsz": IMGSZ})
     data = check_det_dataset(data_yaml)
     loader = build_dataloader(build_yolo_dataset(args, data["train"], 4, data, mode="train"), 4, 0)
-    batches = list(itertools.islice(loader, 2))  # drawn once: the same augmented images for every pass
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=data["nc"], verbose=False).eval()
     model.args = args
-    return model, SimpleNamespace(train_loader=batches, preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255})
+    return model, SimpleNamespace(  # epoch 0 of 100: the same augmented images for every pass (side_batches)
+        args=args,
+        epoch=0,
+        epochs=args.epochs,
+        train_loader=loader,
+        preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255},
+    )
 
 
 def test_loss_gradients_leave_training_state_alone(detect_data: str) -> None:
@@ -144,6 +149,6 @@ def test_loss_gradients_rank_by_the_task_loss_alone(detect_data: str) -> None:
     assert model.criterion is wrapped and not recorded
     for p, q in zip(plain.parameters(), model.parameters()):
         torch.testing.assert_close(q.grad, p.grad)
-    batch = trainer.preprocess_batch(trainer.train_loader[0])
+    batch = next(side_batches(trainer, 1))
     wrapped(model.train()(batch["img"]), batch)
     assert recorded  # the term is live: the pass above left it out, not a dead stub
