@@ -71,8 +71,8 @@ def _epoch_augmentations(trainer: Any, dataset: Dataset) -> Iterator[None]:
 
 
 def side_batches(trainer: Any, n: int) -> Iterator[dict]:
-    """Up to `n` training batches, preprocessed as the trainer would, the same for the same seed and epoch; the run's
-    loader, random states and dataset are left as they were."""
+    """Up to `n` training batches, preprocessed as the trainer would, drawn by the run's seed and epoch (mosaic partners
+    come from the run's buffer as it stands); the run's loader, random states and dataset are left as they were."""
     dataset = trainer.train_loader.dataset
     seed = hash((trainer.args.seed, trainer.epoch)) % 2**32  # a tuple of ints hashes the same in every process
     loader = DataLoader(
