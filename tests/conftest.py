@@ -12,6 +12,7 @@ import subprocess
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -56,6 +57,26 @@ def train_args(tmp_path: Path, name: str = "run", **kwargs) -> dict:
         "verbose": False,
         **kwargs,
     }
+
+
+def side_trainer(data_yaml: str, epoch: int = 0, epochs: int = 100, batch: int = 4, preprocess: Callable = lambda b: b,
+                 **overrides) -> SimpleNamespace:  # fmt: skip
+    """What a technique reads of a trainer to draw batches of its own (`side_batches`): its arguments (Ultralytics'
+    defaults at 64 px, with `overrides`), epoch, data and training set, and its batch preprocessing."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    args, data = get_cfg(overrides={"imgsz": 64, **overrides}), check_det_dataset(data_yaml)
+    dataset = build_yolo_dataset(args, data["train"], batch, data, mode="train")
+    return SimpleNamespace(
+        args=args,
+        epoch=epoch,
+        epochs=epochs,
+        data=data,
+        train_loader=SimpleNamespace(dataset=dataset, batch_size=batch),
+        preprocess_batch=preprocess,
+    )
 
 
 def cli(args: dict) -> list[str]:

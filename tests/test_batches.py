@@ -7,9 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from ultralytics.cfg import get_cfg
-from ultralytics.data import build_yolo_dataset
-from ultralytics.data.utils import check_det_dataset
+from conftest import side_trainer
 
 from ultralytics_slim.techniques.batches import side_batches
 
@@ -17,16 +15,9 @@ STILL = dict.fromkeys(("hsv_h", "hsv_s", "hsv_v", "fliplr", "scale", "translate"
 
 
 def _trainer(detect_data: str, epoch: int, **overrides) -> SimpleNamespace:
-    """What `side_batches` reads of a trainer, over a real training set of 16 images (4 batches of 4)."""
-    args = get_cfg(overrides={"imgsz": 64, "seed": 0, "close_mosaic": 2, "mosaic": 1.0, **STILL, **overrides})
-    data = check_det_dataset(detect_data)
-    dataset = build_yolo_dataset(args, data["train"], 4, data, mode="train")
-    return SimpleNamespace(
-        args=args,
-        epoch=epoch,
-        epochs=4,
-        train_loader=SimpleNamespace(dataset=dataset, batch_size=4),
-        preprocess_batch=lambda batch: batch,
+    """A trainer over the 16-image set (4 batches of 4) in a 4-epoch run whose last 2 epochs close mosaic."""
+    return side_trainer(
+        detect_data, epoch, epochs=4, **{"seed": 0, "close_mosaic": 2, "mosaic": 1.0, **STILL, **overrides}
     )
 
 

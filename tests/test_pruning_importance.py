@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import side_trainer
 from torch import nn
 from ultralytics.nn.tasks import DetectionModel
 
@@ -99,25 +100,13 @@ def test_taylor_ranks_by_the_loss_gradient() -> None:
 
 
 def gradient_setup(data_yaml: str) -> tuple[DetectionModel, Any]:
-    """A fresh YOLOv8n for `data_yaml` and a trainer-like object drawing real training batches (4 images, imgsz 64)."""
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data.build import build_dataloader, build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-    from ultralytics.utils import DEFAULT_CFG
-
-    args = get_cfg(DEFAULT_CFG, {"imgsz": IMGSZ})
-    data = check_det_dataset(data_yaml)
-    loader = build_dataloader(build_yolo_dataset(args, data["train"], 4, data, mode="train"), 4, 0)
+    """A fresh YOLOv8n for `data_yaml` and a trainer-like object drawing real training batches (4 images, imgsz 64):
+    epoch 0 of 100, so the same augmented images for every pass (`side_batches`)."""
+    trainer = side_trainer(data_yaml, imgsz=IMGSZ, preprocess=lambda b: {**b, "img": b["img"].float() / 255})
     torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=data["nc"], verbose=False).eval()
-    model.args = args
-    return model, SimpleNamespace(  # epoch 0 of 100: the same augmented images for every pass (side_batches)
-        args=args,
-        epoch=0,
-        epochs=args.epochs,
-        train_loader=loader,
-        preprocess_batch=lambda b: {**b, "img": b["img"].float() / 255},
-    )
+    model = DetectionModel("yolov8n.yaml", nc=trainer.data["nc"], verbose=False).eval()
+    model.args = trainer.args
+    return model, trainer
 
 
 def test_loss_gradients_leave_training_state_alone(detect_data: str) -> None:

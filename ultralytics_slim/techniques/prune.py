@@ -130,8 +130,9 @@ def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCH
     """Leave in every parameter's `.grad` the task loss's gradient summed over `batches` training batches, for the
     criteria that rank by it (`taylor`).
 
-    Batches with the trainer's augmentations (`side_batches`: the run's own are untouched), BatchNorm normalizing with batch statistics as in training
-    but with its running statistics left as they are, every parameter (frozen ones too) given a gradient, and the sum
+    Batches with the trainer's augmentations (`side_batches`: the run's own are untouched), BatchNorm normalizing with
+    batch statistics as in training but with its running statistics left as they are, every parameter (frozen ones
+    too) given a gradient, and the sum
     averaged over DDP ranks, so that every rank ranks the same numbers. A parameter the loss does not reach gets zeros.
     The task loss only, without a distillation term: what the pruned model must keep is what the task needs (with the
     term, `taylor` cut a high-resolution layer to half of what it kept without a teacher, README), and the pass must
