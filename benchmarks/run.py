@@ -59,6 +59,7 @@ PLATEAU = 0.005  # the baseline counts as converged when F more epochs add less 
 # epochs with it and 0.655 with SGD (AdamW needed 60 epochs for 0.661). Fine-tuning rows keep `optimizer=auto`, as a
 # user's `yolo train model=best.pt` would.
 FROM_SCRATCH = {"optimizer": "SGD", "lr0": 0.01}
+WARMUP_OFF = {"warmup_epochs": 0.0}  # what the plugin did before the twenty-first session when a step fell inside it
 
 
 # ---------------------------------------------------------------------------------------------------------- settings
@@ -445,6 +446,12 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                 slim=variant,
             )
         )
+    slim_50 = next(r.slim for r in slim_rows if r.name == "slim-50")
+    slim_rows.append(
+        Row("slim-50-w0", f"prune.yaml, 50% MACs, without Ultralytics' warmup (warmup_epochs 0) ({phases(slim_50, F)})",
+            measured(continued("baseline", slim_50)), claim=True, epochs=F, train=WARMUP_OFF, cost=F,
+            group="others", slim=slim_50)
+    )  # fmt: skip
     for name, change, what in (  # prune_distill.yaml with one setting changed, to compare with slim-50+distill
         ("slim-50+distill-feat", {"distill": {"loss": "head+feature"}}, "head and neck-feature distillation"),
         ("slim-50+distill-w2", {"distill": {"weight": 2.0}}, "distill weight 2"),
@@ -528,10 +535,12 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-ca-lr3", v8s_slim_ca_lr3, f"v8s-slim with allocation cost and lr_scale 3 "
                  f"({phases(v8s_slim_ca_lr3, F)})", claim=True, cost=1.5 * F, group="others"),
-        # prune.yaml turns off the warmup its first step falls in (3 epochs); one epoch ramps the fresh AdamW in (from
-        # 0 for biases too: optimizer=auto sets warmup_bias_lr to 0)
+        # a shorter warmup than Ultralytics' 3 epochs (at least 100 batches either way; from 0 for biases too:
+        # optimizer=auto sets warmup_bias_lr to 0)
         from_v8s("v8s-slim-lr3-w1", v8s_slim_lr3, f"v8s-slim-lr3 with a one-epoch warmup (warmup_epochs 1) "
                  f"({phases(v8s_slim_lr3, F)})", claim=True, cost=1.5 * F, group="others", train={"warmup_epochs": 1.0}),
+        from_v8s("v8s-slim-w0", v8s_slim, f"v8s-slim without Ultralytics' warmup (warmup_epochs 0) "
+                 f"({phases(v8s_slim, F)})", claim=True, cost=1.5 * F, group="others", train=WARMUP_OFF),
         from_v8s("v8s-slim-uniform", v8s_slim_uniform,
                  f"v8s-slim with allocation uniform (YOLOv8n's proportions) ({phases(v8s_slim_uniform, F)})",
                  claim=True, cost=1.5 * F, group="others"),

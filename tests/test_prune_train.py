@@ -13,7 +13,7 @@ import torch
 from conftest import BLOCK_PLUGIN, Interrupt, cli, interrupt_at, pickled_modules, run_yolo, train_args
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-from ultralytics.utils import LOGGER, YAML
+from ultralytics.utils import YAML
 from ultralytics.utils.torch_utils import get_num_params
 
 from ultralytics_slim import monitor, pruning
@@ -258,24 +258,16 @@ def test_allocation_reaches_the_pruning_step_and_the_report(tmp_path, detect_dat
     assert spread["uniform"] <= 8 / 64 < 0.5 * spread["global"]  # one grid step of 8 channels
 
 
-def test_no_warmup_before_a_pruning_step_unless_asked(tmp_path, detect_data, caplog):
-    """A step inside Ultralytics' warmup turns it off (said in the console); a warmup the user asks for is kept."""
+def test_a_step_inside_the_warmup_keeps_it(tmp_path, detect_data):
+    """Ultralytics' warmup ramps a fresh AdamW in: its first steps move every weight by about lr whatever the gradient.
+    A run whose first pruning step falls inside it trains at the stock rates (turning it off cost the demo 3-4 points
+    of mAP50-95, its unpruned fine-tune as much)."""
     args = train_args(tmp_path, data=detect_data, deterministic=True, seed=0)
-    LOGGER.addHandler(caplog.handler)  # Ultralytics' logger does not propagate to the root one
-    try:
-        YOLO("yolov8n.yaml").train(**{**args, "name": "auto"}, slim=ONE_STEP)
-    finally:
-        LOGGER.removeHandler(caplog.handler)
-    assert "warmup_epochs=0 (Ultralytics' default 3.0): the first pruning step (epoch 2)" in caplog.text
-    YOLO("yolov8n.yaml").train(**{**args, "name": "asked", "warmup_epochs": 2}, slim=ONE_STEP)
-    late = {"prune": {**ONE_STEP["prune"], "start": 1, "end": 2}}
-    YOLO("yolov8n.yaml").train(
-        **{**args, "name": "late", "warmup_epochs": 1}, slim=late
-    )  # its step at the warmup's end
-    kept = {n: YAML.load(tmp_path / n / "args.yaml")["warmup_epochs"] for n in ("auto", "asked", "late")}
-    assert kept == {"auto": 0, "asked": 2, "late": 1}
-    # the stock loop followed: without warmup, epoch 0 runs at the scheduled rate; with it, at a ramp from 0
-    assert learning_rates(tmp_path / "asked")[0][0] < learning_rates(tmp_path / "auto")[0][0]
+    YOLO("yolov8n.yaml").train(**{**args, "name": "stock"})
+    YOLO("yolov8n.yaml").train(**{**args, "name": "slim"}, slim=ONE_STEP)  # its step at epoch 1 of a 3-epoch warmup
+    assert YAML.load(tmp_path / "slim" / "args.yaml")["warmup_epochs"] == 3
+    stock, slim = learning_rates(tmp_path / "stock"), learning_rates(tmp_path / "slim")
+    assert slim == stock and stock[1][0] > stock[0][0] > 0  # ramping up through both epochs
 
 
 DDP_WORKER = """

@@ -1,8 +1,7 @@
 """The controller: what the plugin does at each training event, in order, for one run's techniques.
 
     event (who fires it)                          what happens, in this order
-    trainer __init__ (SlimTrainerMixin)           recipe validated, schedule built, `preflight` of each technique,
-                                                  `trainer_defaults` applied to the arguments the user did not set
+    trainer __init__ (SlimTrainerMixin)           recipe validated, schedule built, `preflight` of each technique
     end of stock `_setup_train` (mixin)           `check` (real model and data), weights/start.pt, `setup`
     on_train_epoch_start (callback)               `on_epoch_start` of each technique in phase order; if one changed
                                                   the model's structure, the trainer rebuilds optimizer, EMA, DDP
@@ -61,14 +60,6 @@ class SlimController:
         """Checks that need neither model nor data (optional packages, teacher files); run before any I/O."""
         for name, cfg in recipe.phases():
             technique_class(PHASES[name]).preflight(cfg)
-
-    @staticmethod
-    def trainer_defaults(recipe: Recipe, schedule: Schedule, args: dict[str, Any]) -> dict[str, tuple[Any, str]]:
-        """What the techniques want of the training arguments (name -> (value, why)), in phase order."""
-        out: dict[str, tuple[Any, str]] = {}
-        for name, cfg in recipe.phases():
-            out |= technique_class(PHASES[name]).trainer_defaults(cfg, schedule.events.get(name, ()), args)
-        return out
 
     def technique(self, name: str) -> Technique | None:
         """The technique of a recipe section, if the recipe has it."""

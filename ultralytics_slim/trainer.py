@@ -55,12 +55,12 @@ def _kept_state(
     return out
 
 
-def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...], dict[str, tuple[Any, str]]]:
+def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Validate `slim=` (a path, a shipped recipe name, a dict, or the resolved form) into the form stored in args.
 
     The resolved form `{"recipe": {...}, "state": {...}}` is plain data, so it survives `args.yaml`, the
     checkpoint's `train_args` and the DDP re-launch, and `resume` finds the recipe there. Also returns the schedule's
-    notes for the user and the training arguments the techniques want (`Technique.trainer_defaults`).
+    notes for the user.
     """
     if isinstance(slim, dict) and "recipe" in slim:
         recipe, state = load_recipe(slim["recipe"]), slim.get("state") or {}
@@ -69,7 +69,7 @@ def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str
     schedule = build_schedule(recipe, int(args["epochs"]))  # raises before anything is written
     SlimController.preflight(recipe)
     resolved = {"recipe": recipe.model_dump(mode="json", exclude_none=True), "state": state}
-    return resolved, schedule.notes, SlimController.trainer_defaults(recipe, schedule, args)
+    return resolved, schedule.notes
 
 
 def _on_train_epoch_start(trainer: Any) -> None:
@@ -86,13 +86,9 @@ class SlimTrainerMixin:
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         cfg = {**cfg2dict(cfg), "slim": None}
         overrides = dict(overrides or {})
-        slim, notes, changed = overrides.pop("slim", None), (), []
+        slim, notes = overrides.pop("slim", None), ()
         if slim is not None and not overrides.get("resume"):
-            overrides["slim"], notes, wanted = _resolve(slim, {**cfg, **overrides})
-            for key, (value, why) in wanted.items():
-                if key not in overrides:  # what the user set is kept
-                    changed.append(f"{key}={value} (Ultralytics' default {cfg[key]}): {why}")
-                    overrides[key] = value
+            overrides["slim"], notes = _resolve(slim, {**cfg, **overrides})
         self._new_dir = not overrides.get("resume") and not get_save_dir(get_cfg(cfg, overrides)).exists()
         super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
         self.slim = SlimController.from_args(self.args) if self.args.slim else None
@@ -101,8 +97,6 @@ class SlimTrainerMixin:
                 YAML.save(self.save_dir / "slim.yaml", self.args.slim["recipe"])
                 for note in notes:
                     LOGGER.warning(f"{PREFIX}{note}")
-                for change in changed:
-                    LOGGER.info(f"{PREFIX}{change}")
             self.add_callback("on_train_epoch_start", _on_train_epoch_start)
             self.add_callback("on_train_end", _on_train_end)
 

@@ -34,14 +34,6 @@ class Technique:
     def preflight(cls, cfg: PhaseConfig) -> None:
         """Checks that need neither model nor data (optional packages, files); run before any run directory exists."""
 
-    @classmethod
-    def trainer_defaults(
-        cls, cfg: PhaseConfig, events: tuple[int, ...], args: dict[str, Any]
-    ) -> dict[str, tuple[Any, str]]:
-        """Training arguments this technique wants other than `args` has them: name -> (value, why, for the console).
-        Applied before the run directory exists, and only to arguments the user did not set."""
-        return {}
-
     def check(self, trainer: Any) -> None:
         """Validate against the real model and data before epoch 0; raise SlimConfigError on a problem."""
 

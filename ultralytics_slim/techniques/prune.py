@@ -192,22 +192,6 @@ class PruneTechnique(Technique):
         if cfg.target.kind == "latency":
             latency.require_runtime(cfg.target.runtime or "onnxruntime")
 
-    @classmethod
-    def trainer_defaults(
-        cls, cfg: PruneConfig, events: tuple[int, ...], args: dict[str, Any]
-    ) -> dict[str, tuple[Any, str]]:
-        """No warmup when a step falls inside it. Ultralytics' warmup ramps every rate up from 0 over `warmup_epochs`
-        (3), so a network pruned at its start recovers at a fraction of its rate, the opposite of what `lr_scale` is
-        for; a stock fine-tune is as good with it as without (README, Results)."""
-        warmup = float(args["warmup_epochs"])
-        if not events or events[0] >= warmup:
-            return {}
-        why = (
-            f"the first pruning step (epoch {events[0] + 1}) falls inside the {warmup:g}-epoch warmup, whose learning "
-            "rates start at 0, and a pruned network recovers slowly there; pass warmup_epochs to keep a warmup"
-        )
-        return {"warmup_epochs": (0, why)}
-
     def check(self, trainer: Any) -> None:
         """Reject a target the floors and `ignore` cannot reach, naming the smallest reachable ratio."""
         if self.done or self.cfg.target.kind == "latency":  # latency: the search reports what it could reach
