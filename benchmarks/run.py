@@ -446,7 +446,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                 slim=variant,
             )
         )
-    slim_50 = next(r.slim for r in slim_rows if r.name == "slim-50")
+    slim_50 = recipe("prune.yaml", 0.5)
     slim_rows.append(
         Row("slim-50-w0", f"prune.yaml, 50% MACs, without Ultralytics' warmup (warmup_epochs 0) ({phases(slim_50, F)})",
             measured(continued("baseline", slim_50)), claim=True, epochs=F, train=WARMUP_OFF, cost=F,

@@ -55,7 +55,7 @@ def _kept_state(
     return out
 
 
-def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+def _resolve(slim: Any, epochs: int) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Validate `slim=` (a path, a shipped recipe name, a dict, or the resolved form) into the form stored in args.
 
     The resolved form `{"recipe": {...}, "state": {...}}` is plain data, so it survives `args.yaml`, the
@@ -66,7 +66,7 @@ def _resolve(slim: Any, args: dict[str, Any]) -> tuple[dict[str, Any], tuple[str
         recipe, state = load_recipe(slim["recipe"]), slim.get("state") or {}
     else:
         recipe, state = load_recipe(slim), {}
-    schedule = build_schedule(recipe, int(args["epochs"]))  # raises before anything is written
+    schedule = build_schedule(recipe, epochs)  # raises before anything is written
     SlimController.preflight(recipe)
     resolved = {"recipe": recipe.model_dump(mode="json", exclude_none=True), "state": state}
     return resolved, schedule.notes
@@ -88,7 +88,7 @@ class SlimTrainerMixin:
         overrides = dict(overrides or {})
         slim, notes = overrides.pop("slim", None), ()
         if slim is not None and not overrides.get("resume"):
-            overrides["slim"], notes = _resolve(slim, {**cfg, **overrides})
+            overrides["slim"], notes = _resolve(slim, int({**cfg, **overrides}["epochs"]))
         self._new_dir = not overrides.get("resume") and not get_save_dir(get_cfg(cfg, overrides)).exists()
         super().__init__(cfg=cfg, overrides=overrides, _callbacks=_callbacks)
         self.slim = SlimController.from_args(self.args) if self.args.slim else None

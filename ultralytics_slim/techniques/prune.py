@@ -132,8 +132,8 @@ def loss_gradients(model: nn.Module, trainer: Any, batches: int = GRADIENT_BATCH
 
     Batches with the trainer's augmentations (`side_batches`: the run's own are untouched), BatchNorm normalizing with
     batch statistics as in training but with its running statistics left as they are, every parameter (frozen ones
-    too) given a gradient, and the sum
-    averaged over DDP ranks, so that every rank ranks the same numbers. A parameter the loss does not reach gets zeros.
+    too) given a gradient, and the sum averaged over DDP ranks, so that every rank ranks the same numbers. A parameter
+    the loss does not reach gets zeros.
     The task loss only, without a distillation term: what the pruned model must keep is what the task needs (with the
     term, `taylor` cut a high-resolution layer to half of what it kept without a teacher, README), and the pass must
     not count into the distillation's share of the loss.
