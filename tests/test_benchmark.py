@@ -158,6 +158,13 @@ def test_step_and_teacher_rows_differ_from_theirs_by_their_settings_only(tmp_pat
     ):
         with_features = deepcopy(specs[feat].slim)
         assert with_features["distill"].pop("loss") == "head+feature" and with_features == specs[head].slim
+    for variant, section, key, value in (  # prune_distill.yaml with one setting changed
+        ("slim-50+distill-w2", "distill", "weight", 2.0),
+        ("slim-50+distill-e05", "distill", "end", 0.5),
+        ("slim-50+distill-lr3", "prune", "lr_scale", 3.0),
+    ):
+        changed, shipped = deepcopy(specs[variant].slim), deepcopy(specs["slim-50+distill"].slim)
+        assert changed[section].pop(key) == value and shipped[section].pop(key, None) != value and changed == shipped
     jobs = bench.plan(cfg, specs)
     assert {f"{r}@{s}" for r in cfg.rows for s in range(3)} | {"baseline@0", "teacher-v8s@0"} == set(jobs)
     assert dict(jobs["v8s-slim+distill@1"].deps) == {"teacher-v8s": "teacher-v8s@0"}  # starts from YOLOv8s
