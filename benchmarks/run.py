@@ -458,7 +458,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50+distill-lr3", {"prune": {"lr_scale": 3.0}}, "lr_scale 3"),  # the teacher may allow a faster recovery
         ("slim-50+distill-t2", {"distill": {"temperature": 2.0}}, "distill temperature 2"),
         ("slim-50+distill-t4", {"distill": {"temperature": 4.0}}, "distill temperature 4"),
-        ("slim-50+distill-e05", {"distill": {"end": 0.5}}, "distillation for the first half only"),  # not a ceiling
+        ("slim-50+distill-e05", {"distill": {"end": 0.5}}, "teacher for the first half only"),  # held back?
     ):
         variant = recipe("prune_distill.yaml", 0.5, **change)
         slim_rows.append(

@@ -152,19 +152,15 @@ def test_step_and_teacher_rows_differ_from_theirs_by_their_settings_only(tmp_pat
     assert distilled.pop("distill")["teacher"] == "self"  # the prune section as resolved: prune.yaml's settings
     assert load_recipe(distilled).prune == load_recipe(specs["v8s-slim"].slim).prune
     assert specs["slim-50+distill-v8s"].slim["distill"]["teacher"] == "teacher-v8s"  # the checkpoint, set per job
-    for feat, head in (
-        ("slim-50+distill-v8s-feat", "slim-50+distill-v8s"),
-        ("v8s-slim-lr3+distill-feat", "v8s-slim-lr3+distill"),
+    for variant, base, section, key, value in (  # a distillation row with one setting changed
+        ("slim-50+distill-v8s-feat", "slim-50+distill-v8s", "distill", "loss", "head+feature"),
+        ("v8s-slim-lr3+distill-feat", "v8s-slim-lr3+distill", "distill", "loss", "head+feature"),
+        ("slim-50+distill-w2", "slim-50+distill", "distill", "weight", 2.0),
+        ("slim-50+distill-e05", "slim-50+distill", "distill", "end", 0.5),
+        ("slim-50+distill-lr3", "slim-50+distill", "prune", "lr_scale", 3.0),
     ):
-        with_features = deepcopy(specs[feat].slim)
-        assert with_features["distill"].pop("loss") == "head+feature" and with_features == specs[head].slim
-    for variant, section, key, value in (  # prune_distill.yaml with one setting changed
-        ("slim-50+distill-w2", "distill", "weight", 2.0),
-        ("slim-50+distill-e05", "distill", "end", 0.5),
-        ("slim-50+distill-lr3", "prune", "lr_scale", 3.0),
-    ):
-        changed, shipped = deepcopy(specs[variant].slim), deepcopy(specs["slim-50+distill"].slim)
-        assert changed[section].pop(key) == value and shipped[section].pop(key, None) != value and changed == shipped
+        changed, plain = deepcopy(specs[variant].slim), deepcopy(specs[base].slim)
+        assert changed[section].pop(key) == value and plain[section].pop(key, None) != value and changed == plain
     jobs = bench.plan(cfg, specs)
     assert {f"{r}@{s}" for r in cfg.rows for s in range(3)} | {"baseline@0", "teacher-v8s@0"} == set(jobs)
     assert dict(jobs["v8s-slim+distill@1"].deps) == {"teacher-v8s": "teacher-v8s@0"}  # starts from YOLOv8s
