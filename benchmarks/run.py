@@ -459,6 +459,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50+distill-t2", {"distill": {"temperature": 2.0}}, "distill temperature 2"),
         ("slim-50+distill-t4", {"distill": {"temperature": 4.0}}, "distill temperature 4"),
         ("slim-50+distill-e05", {"distill": {"end": 0.5}}, "teacher for the first half only"),  # held back?
+        ("slim-50+distill-flip", {"distill": {"flip": True}}, "a teacher that also sees the mirror images"),
     ):
         variant = recipe("prune_distill.yaml", 0.5, **change)
         slim_rows.append(
@@ -478,6 +479,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s_slim_lr3 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 3.0})
     v8s_slim_ca_lr3 = recipe("prune.yaml", to_v8n, prune={**per_mac, "lr_scale": 3.0})
     v8s_slim_distill = recipe("prune_distill.yaml", to_v8n)
+    v8s_slim_distill_flip = recipe("prune_distill.yaml", to_v8n, distill={"flip": True})
     v8s_slim_distill_light = recipe("prune_distill.yaml", to_v8n, distill={"weight": 0.25})
     v8s_slim_lr3_distill = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0})
     v8s_slim_lr3_distill_w2 = recipe("prune_distill.yaml", to_v8n, prune={"lr_scale": 3.0}, distill={"weight": 2.0})
@@ -548,6 +550,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         from_v8s("v8s-slim+distill", v8s_slim_distill, f"teacher-v8s + prune_distill.yaml (teacher self, the unpruned "
                  f"YOLOv8s) to YOLOv8n's MACs, {F} epochs ({phases(v8s_slim_distill, F)}); compare with baseline+F",
                  claim=True, cost=2 * F, group="claims"),
+        from_v8s("v8s-slim+distill-flip", v8s_slim_distill_flip, f"v8s-slim+distill with a teacher that also sees the "
+                 f"mirror images ({phases(v8s_slim_distill_flip, F)})", claim=True, cost=2.2 * F, group="others"),
         from_v8s("v8s-slim-lr3+distill", v8s_slim_lr3_distill, f"v8s-slim+distill with lr_scale 3 "
                  f"({phases(v8s_slim_lr3_distill, F)})", claim=True, cost=2 * F, group="others"),
         from_v8s("v8s-slim-lr3+distill-w2", v8s_slim_lr3_distill_w2, f"v8s-slim-lr3+distill with distill weight 2 "

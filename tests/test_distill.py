@@ -1,5 +1,5 @@
 """Feature distillation through pruning steps: channel-mapped from the unpruned model, or through projectors from a
-larger checkpoint; measured as a loss share."""
+larger checkpoint; measured as a loss share. The teacher that also sees mirror images (`flip`)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from ultralytics.utils.torch_utils import get_num_params
 
 from ultralytics_slim.data import SHAPES
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.techniques.distill import Projectors, _feature_bns
+from ultralytics_slim.techniques.distill import Projectors, _feature_bns, flip_average
 
 RECIPE = {
-    "distill": {"teacher": "self", "loss": "head+feature", "start": 1, "end": 1.0},
+    "distill": {"teacher": "self", "loss": "head+feature", "flip": True, "start": 1, "end": 1.0},
     "prune": {"target": {"macs": 0.5}, "steps": 2, "start": 1, "end": 3},
 }
 
@@ -98,4 +98,43 @@ def test_teacher_with_other_strides_is_rejected(tmp_path, detect_data):
             **train_args(tmp_path, data=detect_data),
             slim={"distill": {"teacher": str(tmp_path / "p2.pt"), "loss": "feature", "start": 0}},
         )
+    assert not (tmp_path / "run").exists()
+
+
+def mirror_index(feats: list[torch.Tensor]) -> list[int]:
+    """The anchor each anchor becomes in the mirror image, built cell by cell."""
+    index, base = [], 0
+    for f in feats:
+        h, w = f.shape[-2:]
+        index += [base + r * w + (w - 1 - c) for r in range(h) for c in range(w)]
+        base += h * w
+    return index
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_flip_average_maps_the_mirror_image_back(cfg):
+    """For an image that is its own mirror image, the two views' average must decode to mirror-symmetric boxes and
+    scores: it would not if the grid were flipped along y or the left and right box sides were not swapped."""
+    torch.manual_seed(0)
+    model = DetectionModel(cfg, nc=3, verbose=False).train()
+    half = torch.rand(1, 3, 64, 48)
+    img = torch.cat([half, half.flip(-1)], -1)  # 64 x 96: level widths 12, 6 and 3 (odd: a column is its own mirror)
+    raw = model(img)
+    avg = flip_average(raw, raw)
+    head = model.model[-1]
+    for r, a in [(raw[k], avg[k]) for k in ("one2many", "one2one")] if "one2many" in raw else [(raw, avg)]:
+        decoded = head._inference(a).detach()  # (1, 4 + nc, anchors), boxes as xywh in training mode
+        x = decoded[:, 0]  # box centers in x
+        index = mirror_index(r["feats"])
+        assert torch.allclose(x, 96 - x[:, index], atol=1e-3)
+        assert torch.allclose(decoded[:, 4:], decoded[:, 4:, index], atol=1e-5)
+        assert not torch.allclose(r["scores"], r["scores"][..., index], atol=1e-3)  # one view alone is not symmetric
+    logits = torch.randn(2, 5)  # classification: two identical views are the one view's distribution
+    assert torch.allclose(flip_average(logits, logits).softmax(1), logits.softmax(1), atol=1e-6)
+
+
+def test_flip_teacher_needs_mirrored_training_images(tmp_path, detect_data):
+    with pytest.raises(SlimConfigError, match=r"distill.flip=true .* fliplr=0.0"):
+        YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), fliplr=0.0,
+                                   slim={"distill": {"flip": True, "start": 0}})  # fmt: skip
     assert not (tmp_path / "run").exists()

@@ -238,6 +238,11 @@ class DistillConfig(PhaseConfig):
         "1x1 projectors trained beside the model for a checkpoint teacher)",
     )
     temperature: float = Field(1.0, gt=0, description="softening of teacher distributions")
+    flip: bool = Field(
+        False,
+        description="show the teacher each batch and its mirror image and distil the average of its two answers "
+        "(a stronger teacher for one more teacher forward per batch); needs fliplr > 0",
+    )
     start: When = Field(0.0, description="first epoch with the teacher")
     end: When = Field(1.0, description="epoch at which distillation stops")
 

@@ -3,11 +3,12 @@
 Ultralytics' own `distill_model=` wraps the model in a `DistillationModel` whose projectors are sized for the student's
 channels when the run starts, and which is pickled into checkpoints. Neither fits a student that is pruned mid-run
 and must end as an ordinary checkpoint. This technique distils what does not depend on width: the class scores
-(a Bernoulli KL per class and anchor), the box distributions (KL per side for DFL heads, L1 for YOLO26's direct boxes) and any other
-per-anchor outputs (keypoints, angles, mask coefficients), each anchor weighted by the teacher's confidence; for
-classification, the logits (KL); optionally the neck features, channel-wise, mapped to the teacher's channels by the
-pruning steps' record (`teacher: self`) or by 1x1 projectors trained beside the model (a checkpoint teacher). The
-teacher and the projectors live beside the model, never inside it, so neither is in the EMA or in `best.pt`;
+(a Bernoulli KL per class and anchor), the box distributions (KL per side for DFL heads, L1 for YOLO26's direct boxes)
+and any other per-anchor outputs (keypoints, angles, mask coefficients), each anchor weighted by the teacher's
+confidence; for classification, the logits (KL); optionally from a teacher that also sees each image's mirror image
+(`flip`), and the neck features, channel-wise, mapped to the teacher's channels by the pruning steps' record
+(`teacher: self`) or by 1x1 projectors trained beside the model (a checkpoint teacher). The teacher and the projectors
+live beside the model, never inside it, so neither is in the EMA or in `best.pt`;
 `weights/teacher.pt` keeps a `self` teacher for `resume`.
 """
 
@@ -72,6 +73,34 @@ def head_distill_loss(
         diff = (s.float() - teacher[k].float()).pow(2)
         loss = loss + ((diff.mean(1) * weight).sum() if diff.dim() == 3 else diff.mean())
     return loss
+
+
+def flip_average(plain: Any, mirrored: Any) -> Any:
+    """A teacher's raw outputs for a batch and for its mirror image, averaged: a two-view ensemble, stronger than either.
+
+    The mirror image's answers are mapped back anchor by anchor (each level's grid flipped in x, the left and right box
+    sides swapped) and averaged as probabilities. Keypoints, angles, mask coefficients and features stay the plain
+    view's: their mirror images need more than a flip (swapped keypoint ids, negated angles, flipped prototypes).
+    """
+    if isinstance(plain, torch.Tensor):  # classification logits
+        return ((plain.float().softmax(1) + mirrored.float().softmax(1)) / 2).log()
+    if "one2many" in plain:  # YOLO26 end-to-end head: both branches
+        return {k: flip_average(plain[k], mirrored[k]) for k in plain}
+    sizes = [f.shape[-2:] for f in plain["feats"]]
+
+    def back(t: torch.Tensor) -> torch.Tensor:
+        levels = t.float().split([h * w for h, w in sizes], -1)
+        return torch.cat([v.unflatten(-1, (h, w)).flip(-1).flatten(-2) for v, (h, w) in zip(levels, sizes)], -1)
+
+    scores = (plain["scores"].float().sigmoid() + back(mirrored["scores"]).sigmoid()) / 2
+    b, c, a = plain["boxes"].shape
+    boxes = plain["boxes"].float().view(b, 4, c // 4, a)
+    sides = back(mirrored["boxes"]).view(b, 4, c // 4, a)[:, [2, 1, 0, 3]]  # (left, top, right, bottom) mirrored
+    if c > 4:  # DFL: a distribution over bins per side
+        boxes = ((boxes.softmax(2) + sides.softmax(2)) / 2).clamp_min(1e-9).log()
+    else:
+        boxes = (boxes + sides) / 2
+    return {**plain, "scores": torch.logit(scores, eps=1e-6), "boxes": boxes.view(b, c, a)}
 
 
 def _head(model: nn.Module) -> str:
@@ -221,6 +250,11 @@ class DistillTechnique(Technique):
 
         The head is compared by its module class, not by a task name, which a checkpoint without `train_args` lacks.
         """
+        if self.cfg.flip and not trainer.args.fliplr:
+            raise SlimConfigError(
+                "distill.flip=true shows the teacher mirror images, which assumes what training with fliplr > 0 "
+                f"assumes (a mirrored image holds the same classes); this run has fliplr={trainer.args.fliplr}"
+            )
         if self.cfg.teacher == "self":
             return
         teacher = load_checkpoint(self.cfg.teacher)[0]
@@ -296,6 +330,8 @@ class DistillTechnique(Technique):
             return torch.zeros((), device=batch["img"].device)  # tuple: an eval-mode forward (e.g. QAT calibration)
         with torch.no_grad():
             t_preds = self.teacher(batch["img"])
+            if self.cfg.flip:
+                t_preds = flip_average(t_preds, self.teacher(batch["img"].flip(-1)))
         loss = torch.zeros((), device=batch["img"].device)
         if "head" in self.cfg.loss:
             loss = loss + head_distill_loss(preds, t_preds, self.cfg.temperature, self._gains)
