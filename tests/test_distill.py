@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +142,27 @@ def test_flip_teacher_needs_mirrored_training_images(tmp_path, detect_data):
         YOLO("yolov8n.yaml").train(**train_args(tmp_path, data=detect_data), fliplr=0.0,
                                    slim={"distill": {"flip": True, "start": 0}})  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_flip_teacher_script_validates_both_views(tmp_path, detect_data):
+    """benchmarks/flip_teacher.py, which measures how much stronger the flip-averaged teacher is, on a real checkpoint."""
+    import yaml
+
+    names = yaml.safe_load(Path(detect_data).read_text())["names"]
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "flip_teacher.py"
+    out = {}
+    for cfg in ("yolov8n.yaml", "yolo26n.yaml"):
+        model = DetectionModel(cfg, nc=len(names), verbose=False)
+        model.names = names
+        torch.save({"model": model.half(), "train_args": {"task": "detect"}}, tmp_path / f"{cfg}.pt")
+        out[cfg] = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / f"{cfg}.pt"), "--data", detect_data, "--imgsz", "64"],
+            check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+    assert out["yolov8n.yaml"].returncode == 0, out["yolov8n.yaml"].stderr
+    last = out["yolov8n.yaml"].stdout.splitlines()[-1]
+    assert re.fullmatch(r"plain \d\.\d{4}, flip-averaged \d\.\d{4} \([+-]\d\.\d{4}\)", last)
+    assert (
+        out["yolo26n.yaml"].returncode != 0
+        and "a plain Detect head (YOLOv8, YOLO11) is needed" in out["yolo26n.yaml"].stderr
+    )
