@@ -14,12 +14,19 @@ import pytest
 import torch
 from conftest import train_args
 from ultralytics import YOLO
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.nn.tasks import (
+    ClassificationModel,
+    DetectionModel,
+    OBBModel,
+    PoseModel,
+    SegmentationModel,
+    load_checkpoint,
+)
 from ultralytics.utils.torch_utils import get_num_params
 
 from ultralytics_slim.data import SHAPES
 from ultralytics_slim.errors import SlimConfigError
-from ultralytics_slim.techniques.distill import Projectors, _feature_bns, flip_average
+from ultralytics_slim.techniques.distill import Projectors, _feature_bns, flip_average, head_distill_loss
 
 RECIPE = {
     "distill": {"teacher": "self", "loss": "head+feature", "flip": True, "start": 1, "end": 1.0},
@@ -135,6 +142,33 @@ def test_flip_average_maps_the_mirror_image_back(cfg):
         assert not torch.allclose(r["scores"], r["scores"][..., index], atol=1e-3)  # one view alone is not symmetric
     logits = torch.randn(2, 5)  # classification: two identical views are the one view's distribution
     assert torch.allclose(flip_average(logits, logits).softmax(1), logits.softmax(1), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "cfg"),
+    [
+        (SegmentationModel, "yolo11n-seg.yaml"),
+        (PoseModel, "yolov8n-pose.yaml"),
+        (OBBModel, "yolo26n-obb.yaml"),
+        (SegmentationModel, "yolo26n-seg.yaml"),
+        (ClassificationModel, "yolo11n-cls.yaml"),
+    ],
+)
+def test_flip_average_serves_every_task(kind, cfg):
+    """Every head's outputs average into a teacher the loss takes; what a flip does not map stays the plain view's."""
+    torch.manual_seed(0)
+    model = kind(cfg, nc=3, verbose=False).train()
+    img = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, mirrored = model(img), model(img.flip(-1))
+    teacher = flip_average(plain, mirrored)
+    assert torch.isfinite(head_distill_loss(model(img), teacher))
+    if isinstance(plain, dict):
+        branch = plain.get("one2many", plain)
+        averaged = teacher.get("one2many", teacher)
+        assert not torch.allclose(averaged["scores"], branch["scores"])  # the mirror image's answers count
+        for k in set(branch) - {"scores", "boxes", "feats"}:  # keypoints, angles, mask coefficients, prototypes
+            assert averaged[k] is branch[k]
 
 
 def test_flip_teacher_needs_mirrored_training_images(tmp_path, detect_data):
