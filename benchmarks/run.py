@@ -418,6 +418,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
             )
     lamp = {"importance": "lamp", "lr_scale": 3.0}  # the former default
     five = {"steps": 5, "end": 0.5}  # smaller cuts, less fine-tuning after the last
+    one = {"steps": 1, "end": 0.1}  # one cut at the first epoch, the whole run to recover
     uncapped = {"max_step_cut": 1.0}  # the former default: the ranking alone decides how much of a layer one step takes
     per_mac = {"allocation": "cost"}  # importance per MAC: wide high-resolution layers give first
     uniform = {"allocation": "uniform"}  # every layer gives the same fraction: YOLOv8s keeps YOLOv8n's proportions
@@ -425,6 +426,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50-lamp", 50, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-r16", 50, {"round_to": 16}, "round_to 16"),  # x86 runtimes compute convolutions in 16-channel blocks
         ("slim-50-s5", 50, five, "5 pruning steps"),
+        ("slim-50-s1", 50, one, "1 pruning step"),
         ("slim-30-s5", 30, five, "5 pruning steps"),
         ("slim-30-lamp", 30, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-uncapped", 50, uncapped, "max_step_cut 1.0 (the former default)"),
@@ -460,6 +462,8 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50+distill-t4", {"distill": {"temperature": 4.0}}, "distill temperature 4"),
         ("slim-50+distill-e05", {"distill": {"end": 0.5}}, "teacher for the first half only"),  # held back?
         ("slim-50+distill-flip", {"distill": {"flip": True}}, "a teacher that also sees the mirror images"),
+        ("slim-50+distill-s1", {"prune": one}, "1 pruning step"),  # the teacher leads most right after a cut
+        ("slim-50+distill-s5", {"prune": five}, "5 pruning steps"),
     ):
         variant = recipe("prune_distill.yaml", 0.5, **change)
         slim_rows.append(
@@ -949,6 +953,8 @@ def med(xs: list[float]) -> float:
 
 def speed_table(rows: dict[str, list[dict]], lat: dict[str, dict], imgsz: int) -> str:
     """Size and batch-1 latency of seed 0 of every row, ratios against the baseline."""
+    if "baseline" not in rows:
+        return "(no baseline record yet: the ratios need it)"
     base, base_lat = rows["baseline"][0], lat.get("baseline")
     head = ["row", "params M", "GFLOPs", "MACs x", "ONNX MB", "size x", "gzip MB"]
     for size in (imgsz, DEPLOY):
@@ -1304,6 +1310,8 @@ def main(argv: list[str] | None = None) -> None:
         failed = [j for j in jobs if j not in records]
     else:
         records, failed = execute(cfg, data, jobs, specs)
+    if not records:
+        sys.exit(f"no records yet of {', '.join(failed)}: nothing to report")
     rows = by_row(specs, records)
     if args.baseline_only:
         print(convergence(rows))
