@@ -417,7 +417,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
                 )
             )
     lamp = {"importance": "lamp", "lr_scale": 3.0}  # the former default
-    five = {"steps": 5, "end": 0.5}  # smaller cuts, less fine-tuning after the last
+    three = {"steps": 3, "end": 0.3}  # the former default: larger cuts, more fine-tuning after the last
     one = {"steps": 1, "end": 0.1}  # one cut at the first epoch, the whole run to recover
     uncapped = {"max_step_cut": 1.0}  # the former default: the ranking alone decides how much of a layer one step takes
     per_mac = {"allocation": "cost"}  # importance per MAC: wide high-resolution layers give first
@@ -425,9 +425,9 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     for name, pct, change, what in (  # prune.yaml with one setting changed, to compare with slim-{pct}
         ("slim-50-lamp", 50, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-r16", 50, {"round_to": 16}, "round_to 16"),  # x86 runtimes compute convolutions in 16-channel blocks
-        ("slim-50-s5", 50, five, "5 pruning steps"),
+        ("slim-50-s3", 50, three, "3 pruning steps (the former default)"),
         ("slim-50-s1", 50, one, "1 pruning step"),
-        ("slim-30-s5", 30, five, "5 pruning steps"),
+        ("slim-30-s3", 30, three, "3 pruning steps (the former default)"),
         ("slim-30-lamp", 30, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-uncapped", 50, uncapped, "max_step_cut 1.0 (the former default)"),
         ("slim-30-uncapped", 30, uncapped, "max_step_cut 1.0 (the former default)"),
@@ -463,7 +463,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50+distill-e05", {"distill": {"end": 0.5}}, "teacher for the first half only"),  # held back?
         ("slim-50+distill-flip", {"distill": {"flip": True}}, "a teacher that also sees the mirror images"),
         ("slim-50+distill-s1", {"prune": one}, "1 pruning step"),  # the teacher leads most right after a cut
-        ("slim-50+distill-s5", {"prune": five}, "5 pruning steps"),
+        ("slim-50+distill-s3", {"prune": three}, "3 pruning steps (the former default)"),
     ):
         variant = recipe("prune_distill.yaml", 0.5, **change)
         slim_rows.append(
@@ -474,11 +474,10 @@ def row_specs(cfg: Config) -> dict[str, Row]:
     v8s = Dep("teacher-v8s")
     to_v8n = macs_ratio("yolov8n.yaml", "yolov8s.yaml", cfg.data.imgsz)
     v8s_slim = recipe("prune.yaml", to_v8n)
-    v8s_slim_s5 = recipe("prune.yaml", to_v8n, prune=five)
+    v8s_slim_s3 = recipe("prune.yaml", to_v8n, prune=three)
     v8s_slim_uncapped = recipe("prune.yaml", to_v8n, prune=uncapped)
     v8s_slim_ca = recipe("prune.yaml", to_v8n, prune=per_mac)
     v8s_slim_uniform = recipe("prune.yaml", to_v8n, prune=uniform)
-    v8s_slim_ca_s5 = recipe("prune.yaml", to_v8n, prune={**per_mac, **five})
     v8s_slim_lr2 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 2.0})
     v8s_slim_lr3 = recipe("prune.yaml", to_v8n, prune={"lr_scale": 3.0})
     v8s_slim_ca_lr3 = recipe("prune.yaml", to_v8n, prune={**per_mac, "lr_scale": 3.0})
@@ -524,16 +523,13 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         from_v8s("v8s-slim", v8s_slim, f"teacher-v8s + prune.yaml to YOLOv8n's MACs ({to_v8n:.0%} of YOLOv8s), {F} "
                  f"epochs ({phases(v8s_slim, F)}); compare with baseline+F (YOLOv8n, the same {E} + {F} epochs)",
                  claim=True, cost=1.5 * F, group="claims"),
-        from_v8s("v8s-slim-s5", v8s_slim_s5, f"v8s-slim with 5 pruning steps ({phases(v8s_slim_s5, F)})",
+        from_v8s("v8s-slim-s3", v8s_slim_s3, f"v8s-slim with 3 pruning steps ({phases(v8s_slim_s3, F)})",
                  claim=True, cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-uncapped", v8s_slim_uncapped,
                  f"v8s-slim with max_step_cut 1.0 (the former default) ({phases(v8s_slim_uncapped, F)})",
                  claim=True, cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-ca", v8s_slim_ca,
                  f"v8s-slim with allocation cost (importance per MAC) ({phases(v8s_slim_ca, F)})", claim=True,
-                 cost=1.5 * F, group="others"),
-        from_v8s("v8s-slim-ca-s5", v8s_slim_ca_s5,
-                 f"v8s-slim with allocation cost and 5 pruning steps ({phases(v8s_slim_ca_s5, F)})", claim=True,
                  cost=1.5 * F, group="others"),
         from_v8s("v8s-slim-lr2", v8s_slim_lr2,
                  f"v8s-slim with lr_scale 2 (a deeper cut to recover from) ({phases(v8s_slim_lr2, F)})", claim=True,
