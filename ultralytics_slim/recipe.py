@@ -157,11 +157,9 @@ class PruneConfig(PhaseConfig):
         description="channel ranking, a name registered in ultralytics_slim.importance; auto: bn_scale_lamp after a "
         "sparsity phase (it takes the channels sparsity faded), taylor (the loss gradient) otherwise",
     )
-    steps: int = Field(
-        5, ge=1, le=100, description="number of pruning steps spread over [start, end): small cuts recover best"
-    )
+    steps: int = Field(3, ge=1, le=100, description="number of pruning steps spread over [start, end)")
     start: When = Field(0, description="epoch of the first pruning step (early: the most epochs left to recover)")
-    end: When = Field(0.5, description="epoch by which the target is reached")
+    end: When = Field(0.3, description="epoch by which the target is reached")
     round_to: Literal["auto"] | int = Field(
         "auto",
         description="kept channel counts are multiples of this; auto: 8, or for a latency target the block the CPU's "
