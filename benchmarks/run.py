@@ -428,6 +428,7 @@ def row_specs(cfg: Config) -> dict[str, Row]:
         ("slim-50-s3", 50, three, "3 pruning steps (the former default)"),
         ("slim-50-s1", 50, one, "1 pruning step"),
         ("slim-30-s3", 30, three, "3 pruning steps (the former default)"),
+        ("slim-70-s3", 70, three, "3 pruning steps (the former default)"),
         ("slim-30-lamp", 30, lamp, "importance lamp, lr_scale 3 (the former default)"),
         ("slim-50-uncapped", 50, uncapped, "max_step_cut 1.0 (the former default)"),
         ("slim-30-uncapped", 30, uncapped, "max_step_cut 1.0 (the former default)"),
